@@ -1,0 +1,568 @@
+//! The gateway config (`gateway.toml`, SPEC section 7): typed, unknown keys refused, then
+//! `validate()` lists every problem with its key so a bad config exits 2 before any port is
+//! bound. Relative paths are relative to the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spiffe::{IdPattern, SpiffeId, TrustDomain};
+
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+fn default_max_links() -> usize {
+    crate::chain::DEFAULT_MAX_LINKS
+}
+fn default_skew() -> String {
+    "30s".into()
+}
+fn default_body_limit() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_partner_timeout() -> String {
+    "10s".into()
+}
+fn default_upstream_timeout() -> String {
+    "10s".into()
+}
+fn default_prepublish() -> String {
+    "30s".into()
+}
+fn default_watch() -> bool {
+    true
+}
+
+/// Default cap on request and response bodies crossing the gateway: agent calls carry JSON,
+/// not bulk data; larger transfers should not ride on a delegation.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub trust_domain: String,
+    pub gateway_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_id: Option<String>,
+    pub data_dir: PathBuf,
+    pub bundles_dir: PathBuf,
+    pub agreements_dir: PathBuf,
+    pub listen: Listen,
+    pub tls: Tls,
+    pub keys: Keys,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+    #[serde(default)]
+    pub strip: Strip,
+    #[serde(default)]
+    pub policy: PolicyCfg,
+    #[serde(default)]
+    pub chain: ChainCfg,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub internal: String,
+    pub federation: String,
+    pub admin: String,
+}
+
+/// The gateway's own X509-SVID (served on every listener, presented to partners).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Keys {
+    /// The gateway's JWT signing key (federation tokens, crossing links, receipts, notices).
+    pub signing: PathBuf,
+    /// The Ed25519 audit checkpoint key.
+    pub audit: PathBuf,
+    /// The HMAC key for pseudonymous principals.
+    pub pseudonym: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    #[serde(default)]
+    pub ids: Vec<String>,
+    /// Accept admin requests from loopback without a client certificate.
+    #[serde(default)]
+    pub allow_loopback: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub target: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Strip {
+    #[serde(default)]
+    pub extra_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCfg {
+    #[serde(default)]
+    pub rego: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChainCfg {
+    #[serde(default = "default_max_links")]
+    pub max_links: usize,
+    #[serde(default = "default_skew")]
+    pub clock_skew: String,
+}
+
+impl Default for ChainCfg {
+    fn default() -> Self {
+        ChainCfg {
+            max_links: default_max_links(),
+            clock_skew: default_skew(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_partner_timeout")]
+    pub partner_timeout: String,
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout: String,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_body_limit(),
+            partner_timeout: default_partner_timeout(),
+            upstream_timeout: default_upstream_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Lifecycle {
+    /// How long a new gateway key is published before it signs anything (`fedgate rotate`).
+    #[serde(default = "default_prepublish")]
+    pub key_prepublish: String,
+    /// Reload agreements, bundles, Rego and the strip list when their files change.
+    #[serde(default = "default_watch")]
+    pub watch: bool,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            key_prepublish: default_prepublish(),
+            watch: default_watch(),
+        }
+    }
+}
+
+/// A validated config with typed values and absolute paths.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub path: PathBuf,
+    pub raw: GatewayConfig,
+    pub trust_domain: TrustDomain,
+    pub gateway_id: SpiffeId,
+    pub idp_id: SpiffeId,
+    pub admin_ids: Vec<SpiffeId>,
+    pub internal: SocketAddr,
+    pub federation: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub bundles_dir: PathBuf,
+    pub agreements_dir: PathBuf,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub signing_key: PathBuf,
+    pub audit_key: PathBuf,
+    pub pseudonym_key: PathBuf,
+    pub upstreams: Vec<(IdPattern, UpstreamUrl)>,
+    pub strip_extra: Vec<String>,
+    pub rego: Vec<PathBuf>,
+    pub max_links: usize,
+    pub clock_skew: i64,
+    pub max_body_bytes: usize,
+    pub partner_timeout: i64,
+    pub upstream_timeout: i64,
+    pub key_prepublish: i64,
+    pub watch: bool,
+}
+
+/// Where inbound crossings for a target go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamUrl {
+    pub url: String,
+    pub tls: bool,
+    pub authority: String,
+}
+
+/// Parses an upstream URL: `http://` only to a loopback host (plain HTTP never leaves the
+/// machine), or `https://` (mTLS with the gateway's SVID, server checked against the local
+/// bundle).
+pub fn parse_upstream_url(url: &str) -> Result<UpstreamUrl, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err("must start with http:// or https://".into());
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err("needs a host[:port] without userinfo".into());
+    }
+    let host = if let Some(h) = authority.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority)
+    };
+    if !tls {
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false);
+        if !loopback {
+            return Err("plain http:// upstreams must be on loopback; use https:// (mTLS)".into());
+        }
+    }
+    let base = url.trim_end_matches('/').to_string();
+    Ok(UpstreamUrl {
+        url: base,
+        tls,
+        authority: authority.to_string(),
+    })
+}
+
+impl GatewayConfig {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks every value; returns all problems, each naming its key.
+    pub fn validate(&self, path: &Path) -> Result<Validated, Vec<String>> {
+        let mut p: Vec<String> = Vec::new();
+        let abs = |x: &Path| crate::files::relative_to(path, x);
+        let td = TrustDomain::parse(&self.trust_domain)
+            .map_err(|e| p.push(format!("trust_domain: {e}")))
+            .ok();
+        let gateway_id = SpiffeId::parse(&self.gateway_id)
+            .map_err(|e| p.push(format!("gateway_id: {e}")))
+            .ok();
+        let idp_src = match (&self.idp_id, &td) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(td)) => Some(format!("{}/idp", td.id_string())),
+            _ => None,
+        };
+        let idp_id = idp_src.and_then(|s| {
+            SpiffeId::parse(&s)
+                .map_err(|e| p.push(format!("idp_id: {e}")))
+                .ok()
+        });
+        if let (Some(td), Some(g)) = (&td, &gateway_id) {
+            if !g.in_domain(td) {
+                p.push("gateway_id: must be in the gateway's own trust_domain".into());
+            }
+        }
+        if let (Some(td), Some(i)) = (&td, &idp_id) {
+            if !i.in_domain(td) {
+                p.push("idp_id: must be in the gateway's own trust_domain".into());
+            }
+        }
+        let mut admin_ids = Vec::new();
+        for (i, a) in self.admin.ids.iter().enumerate() {
+            match SpiffeId::parse(a) {
+                Ok(id) => {
+                    if let Some(td) = &td {
+                        if !id.in_domain(td) {
+                            p.push(format!("admin.ids[{i}]: must be in the local trust domain"));
+                        }
+                    }
+                    admin_ids.push(id)
+                }
+                Err(e) => p.push(format!("admin.ids[{i}]: {e}")),
+            }
+        }
+        let addr = |name: &str, s: &str, p: &mut Vec<String>| -> Option<SocketAddr> {
+            s.parse::<SocketAddr>()
+                .map_err(|e| p.push(format!("listen.{name}: {e}")))
+                .ok()
+        };
+        let internal = addr("internal", &self.listen.internal, &mut p);
+        let federation = addr("federation", &self.listen.federation, &mut p);
+        let admin = addr("admin", &self.listen.admin, &mut p);
+        if let (Some(a), Some(b), Some(c)) = (internal, federation, admin) {
+            let nonzero: Vec<_> = [a, b, c].into_iter().filter(|x| x.port() != 0).collect();
+            let mut uniq = nonzero.clone();
+            uniq.sort();
+            uniq.dedup();
+            if uniq.len() != nonzero.len() {
+                p.push("listen: internal, federation and admin must use different ports".into());
+            }
+        }
+        let mut upstreams = Vec::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let pat = IdPattern::parse(&u.target)
+                .map_err(|e| p.push(format!("upstreams[{i}].target: {e}")))
+                .ok();
+            if let (Some(pat), Some(td)) = (&pat, &td) {
+                if pat.trust_domain() != td {
+                    p.push(format!(
+                        "upstreams[{i}].target: must name agents of the local trust domain"
+                    ));
+                }
+            }
+            let url = parse_upstream_url(&u.url)
+                .map_err(|e| p.push(format!("upstreams[{i}].url: {e}")))
+                .ok();
+            if let (Some(pat), Some(url)) = (pat, url) {
+                upstreams.push((pat, url));
+            }
+        }
+        let mut strip_extra = Vec::new();
+        for (i, h) in self.strip.extra_headers.iter().enumerate() {
+            match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => strip_extra.push(n.as_str().to_string()),
+                Err(_) => p.push(format!("strip.extra_headers[{i}]: not a valid header name")),
+            }
+        }
+        let dur = |name: &str, s: &str, p: &mut Vec<String>| -> i64 {
+            crate::time::parse_duration(s)
+                .map_err(|e| p.push(format!("{name}: {e}")))
+                .unwrap_or(0)
+        };
+        let clock_skew = dur("chain.clock_skew", &self.chain.clock_skew, &mut p);
+        if clock_skew > crate::chain::MAX_CLOCK_SKEW {
+            p.push(format!(
+                "chain.clock_skew: at most {}s",
+                crate::chain::MAX_CLOCK_SKEW
+            ));
+        }
+        if self.chain.max_links == 0 || self.chain.max_links > crate::chain::MAX_LINKS_HARD {
+            p.push(format!(
+                "chain.max_links: must be 1..={}",
+                crate::chain::MAX_LINKS_HARD
+            ));
+        }
+        let partner_timeout = dur(
+            "limits.partner_timeout",
+            &self.limits.partner_timeout,
+            &mut p,
+        );
+        let upstream_timeout = dur(
+            "limits.upstream_timeout",
+            &self.limits.upstream_timeout,
+            &mut p,
+        );
+        if partner_timeout <= 0 {
+            p.push("limits.partner_timeout: must be positive".into());
+        }
+        if upstream_timeout <= 0 {
+            p.push("limits.upstream_timeout: must be positive".into());
+        }
+        if self.limits.max_body_bytes == 0 || self.limits.max_body_bytes > 1 << 30 {
+            p.push("limits.max_body_bytes: must be 1..=1GiB".into());
+        }
+        let key_prepublish = dur(
+            "lifecycle.key_prepublish",
+            &self.lifecycle.key_prepublish,
+            &mut p,
+        );
+        // Files that must exist before binding.
+        let must_exist = |name: &str, x: &Path, p: &mut Vec<String>| {
+            if !x.exists() {
+                p.push(format!("{name}: {} does not exist", x.display()));
+            }
+        };
+        let bundles_dir = abs(&self.bundles_dir);
+        let agreements_dir = abs(&self.agreements_dir);
+        let tls_cert = abs(&self.tls.cert);
+        let tls_key = abs(&self.tls.key);
+        let signing_key = abs(&self.keys.signing);
+        let audit_key = abs(&self.keys.audit);
+        let pseudonym_key = abs(&self.keys.pseudonym);
+        must_exist("bundles_dir", &bundles_dir, &mut p);
+        must_exist("agreements_dir", &agreements_dir, &mut p);
+        must_exist("tls.cert", &tls_cert, &mut p);
+        must_exist("tls.key", &tls_key, &mut p);
+        must_exist("keys.signing", &signing_key, &mut p);
+        must_exist("keys.audit", &audit_key, &mut p);
+        must_exist("keys.pseudonym", &pseudonym_key, &mut p);
+        let rego: Vec<PathBuf> = self.policy.rego.iter().map(|r| abs(r)).collect();
+        for (i, r) in rego.iter().enumerate() {
+            must_exist(&format!("policy.rego[{i}]"), r, &mut p);
+        }
+        if !p.is_empty() {
+            return Err(p);
+        }
+        match (td, gateway_id, idp_id, internal, federation, admin) {
+            (
+                Some(trust_domain),
+                Some(gateway_id),
+                Some(idp_id),
+                Some(internal),
+                Some(federation),
+                Some(admin),
+            ) => Ok(Validated {
+                path: path.to_path_buf(),
+                raw: self.clone(),
+                trust_domain,
+                gateway_id,
+                idp_id,
+                admin_ids,
+                internal,
+                federation,
+                admin,
+                data_dir: abs(&self.data_dir),
+                bundles_dir,
+                agreements_dir,
+                tls_cert,
+                tls_key,
+                signing_key,
+                audit_key,
+                pseudonym_key,
+                upstreams,
+                strip_extra,
+                rego,
+                max_links: self.chain.max_links,
+                clock_skew,
+                max_body_bytes: self.limits.max_body_bytes,
+                partner_timeout,
+                upstream_timeout,
+                key_prepublish,
+                watch: self.lifecycle.watch,
+            }),
+            _ => Err(vec!["config is incomplete".into()]),
+        }
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Validated, Vec<String>> {
+    let text =
+        crate::files::read_text_limited(path, MAX_CONFIG_BYTES).map_err(|e| vec![e.to_string()])?;
+    let cfg = GatewayConfig::parse(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    cfg.validate(path).map_err(|v| {
+        v.into_iter()
+            .map(|m| format!("{}: {m}", path.display()))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> String {
+        r#"
+trust_domain = "company.com"
+gateway_id = "spiffe://company.com/gateway"
+data_dir = "data"
+bundles_dir = "bundles"
+agreements_dir = "agreements"
+[listen]
+internal = "127.0.0.1:8443"
+federation = "127.0.0.1:9443"
+admin = "127.0.0.1:9090"
+[tls]
+cert = "gateway.pem"
+key = "keys/gateway-svid.key"
+[keys]
+signing = "keys/gateway.key"
+audit = "keys/audit.key"
+pseudonym = "keys/pseudonym.key"
+[[upstreams]]
+target = "spiffe://company.com/agent/report/*"
+url = "http://127.0.0.1:7001"
+[strip]
+extra_headers = ["X-Api-Key"]
+"#
+        .to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(GatewayConfig::parse(&format!("{}\nbogus = 1\n", sample())).is_err());
+        assert!(GatewayConfig::parse(&sample().replace("[strip]", "[strip]\nextra = 1")).is_err());
+    }
+
+    #[test]
+    fn validate_lists_every_problem() {
+        let text = sample()
+            .replace("company.com/gateway", "other.com/gateway")
+            .replace("127.0.0.1:9090", "nonsense")
+            .replace("http://127.0.0.1:7001", "http://10.0.0.5:7001")
+            .replace("X-Api-Key", "bad header");
+        let cfg = GatewayConfig::parse(&text).unwrap();
+        let problems = cfg
+            .validate(Path::new("/nonexistent/gateway.toml"))
+            .unwrap_err();
+        let joined = problems.join("\n");
+        for key in [
+            "gateway_id",
+            "listen.admin",
+            "upstreams[0].url",
+            "strip.extra_headers[0]",
+            "bundles_dir",
+            "tls.cert",
+        ] {
+            assert!(joined.contains(key), "{key} missing from:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert!(parse_upstream_url("http://127.0.0.1:7001").is_ok());
+        assert!(parse_upstream_url("http://localhost:7001/base/")
+            .unwrap()
+            .url
+            .ends_with("/base"));
+        assert!(parse_upstream_url("http://[::1]:80").is_ok());
+        assert!(parse_upstream_url("http://example.com").is_err());
+        assert!(parse_upstream_url("https://example.com").unwrap().tls);
+        assert!(parse_upstream_url("ftp://x").is_err());
+        assert!(parse_upstream_url("http://u@127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let cfg = GatewayConfig::parse(&sample()).unwrap();
+        let again = GatewayConfig::parse(&cfg.to_toml()).unwrap();
+        assert_eq!(cfg, again);
+    }
+}
