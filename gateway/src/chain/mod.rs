@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 pub use mint::{extend, issue, mint_crossing_link, mint_link, LinkSigner, MintError};
 pub use verify::{
-    ChainError, ChainErrorKind, LinkSummary, NoRevocations, Policy, RevocationKind, Revocations,
-    Root, SignerKind, UnverifiedChain, VerifiedChain,
+    ChainError, ChainErrorKind, Holder, LinkSummary, NoRevocations, Policy, RevocationKind,
+    Revocations, Root, SignerKind, UnverifiedChain, VerifiedChain,
 };
 
 /// Default most links in a chain (SPEC section 3, rule 7).

@@ -112,7 +112,7 @@ fn seed_example_verifies() {
     let fx = fx();
     let chain = seed_chain(&fx);
     let v = verify(&fx, &chain).unwrap();
-    assert_eq!(v.holder, fx.inventory.id);
+    assert_eq!(v.holder.agent(), Some(&fx.inventory.id));
     assert_eq!(v.scope, scopes(&["cloud:read"]));
     assert_eq!(v.task, "task-12345");
     assert_eq!(v.depth, 3);
@@ -142,9 +142,10 @@ fn depth_one_and_five() {
     )
     .unwrap();
     let l0 = c.split('~').next().unwrap();
-    let v = verify(&fx, l0);
-    // A lone human grant verifies as a chain but has no agent holder.
-    assert_eq!(reason(v), (Reason::Malformed, Some(0)));
+    // A lone human grant verifies; its holder is the human, who cannot present it.
+    let v = verify(&fx, l0).unwrap();
+    assert_eq!(v.holder, Holder::Human("alice@company.com".into()));
+    assert_eq!(v.depth, 1);
     let c3 = extend(
         &c,
         &fx.planning.key,
@@ -180,7 +181,7 @@ fn depth_one_and_five() {
     .unwrap();
     let v = verify(&fx, &c5).unwrap();
     assert_eq!(v.depth, 5);
-    assert_eq!(v.holder, fx.planning.id);
+    assert_eq!(v.holder.agent(), Some(&fx.planning.id));
 }
 
 #[test]
@@ -365,7 +366,7 @@ fn crossing_root_verifies_and_counts_dep() {
     .unwrap();
     let v = verify(&fx, &link).unwrap();
     assert_eq!(v.depth, 3);
-    assert_eq!(v.holder, analytics.id);
+    assert_eq!(v.holder.agent(), Some(&analytics.id));
     assert!(matches!(&v.root, Root::Crossing { crossing, dep: 2, .. } if crossing == "jti-1"));
     let ext = extend(
         &link,

@@ -214,11 +214,41 @@ pub enum Root {
     },
 }
 
+/// Who holds a chain: `Ln.sub`. Only an agent can present a chain (proving it with its SVID);
+/// a lone human grant verifies but cannot be presented to a gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    Agent(SpiffeId),
+    Human(String),
+}
+
+impl Holder {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Holder::Agent(id) => id.as_str(),
+            Holder::Human(p) => p,
+        }
+    }
+
+    pub fn agent(&self) -> Option<&SpiffeId> {
+        match self {
+            Holder::Agent(id) => Some(id),
+            Holder::Human(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A chain that passed every rule at a given time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedChain {
-    /// `Ln.sub`: the only agent that may present this chain.
-    pub holder: SpiffeId,
+    /// `Ln.sub`: the only party that may present this chain.
+    pub holder: Holder,
     /// The holder's scope (`Ln.scope`; each link's is within the previous one's).
     pub scope: ScopeSet,
     pub task: String,
@@ -574,12 +604,10 @@ impl<'a> UnverifiedChain<'a> {
             kind: ChainErrorKind::Malformed("no root".into()),
             link: None,
         })?;
-        let holder = SpiffeId::parse(&last.claims.sub).map_err(|_| {
-            ChainError::at(
-                n - 1,
-                ChainErrorKind::Malformed("the holder must be an agent".into()),
-            )
-        })?;
+        let holder = match SpiffeId::parse(&last.claims.sub) {
+            Ok(id) if last.claims.sub_type == SUB_AGENT => Holder::Agent(id),
+            _ => Holder::Human(last.claims.sub.clone()),
+        };
 
         // Rule 8: revocation of any link, agent, the task or the root principal.
         self.check_revocations(

@@ -1,7 +1,6 @@
 //! Command-line verbs (clap), one file per noun. Exit codes (SPEC section 9): 0 success or
 //! valid, 1 verified-invalid / denied / discrepancies found, 2 usage or I/O error.
 
-
 use clap::{Parser, Subcommand};
 
 mod bundle;

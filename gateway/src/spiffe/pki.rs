@@ -28,6 +28,16 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
 }
 
+/// An Ed25519 key pair derived from a 32-byte seed, as rcgen and PKCS#8 DER: deterministic
+/// keys for reproducible test vectors. Never use for real identities.
+pub fn ed25519_from_seed(seed: &[u8; 32]) -> Result<(KeyPair, Zeroizing<Vec<u8>>), PkiError> {
+    let kp = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed).map_err(err)?;
+    let der = Zeroizing::new(kp.to_pkcs8().map_err(err)?.as_ref().to_vec());
+    let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_slice());
+    let key = KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519).map_err(err)?;
+    Ok((key, der))
+}
+
 /// An issued SVID: leaf certificate and its PKCS#8 private key.
 pub struct IssuedSvid {
     pub cert_der: Vec<u8>,
@@ -44,6 +54,18 @@ impl Ca {
     /// A self-signed P-256 CA for `td`, valid from `now - 5 min` for `validity_secs`.
     pub fn generate(td: &TrustDomain, now: Instant, validity_secs: i64) -> Result<Ca, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(err)?;
+        Self::with_key(td, key, now - 300, now + validity_secs, None)
+    }
+
+    /// A self-signed CA with a given key, validity and serial (deterministic test vectors use
+    /// Ed25519 keys from fixed seeds and fixed times).
+    pub fn with_key(
+        td: &TrustDomain,
+        key: KeyPair,
+        not_before: Instant,
+        not_after: Instant,
+        serial: Option<u64>,
+    ) -> Result<Ca, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, td.as_str());
@@ -52,9 +74,12 @@ impl Ca {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.subject_alt_names = vec![SanType::URI(td.id_string().try_into().map_err(err)?)];
-        params.not_before = when(now - 300)?;
-        params.not_after = when(now + validity_secs)?;
+        params.not_before = when(not_before)?;
+        params.not_after = when(not_after)?;
         params.use_authority_key_identifier_extension = false;
+        if let Some(n) = serial {
+            params.serial_number = Some(rcgen::SerialNumber::from(n));
+        }
         let cert = params.self_signed(&key).map_err(err)?;
         Ok(Ca {
             cert_der: cert.der().to_vec(),
@@ -92,6 +117,21 @@ impl Ca {
         ips: &[std::net::IpAddr],
     ) -> Result<IssuedSvid, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(err)?;
+        self.issue_svid_with_key(id, key, now - 300, now + validity_secs, dns, ips, None)
+    }
+
+    /// Issues an X509-SVID for a given key, validity and serial.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_svid_with_key(
+        &self,
+        id: &SpiffeId,
+        key: KeyPair,
+        not_before: Instant,
+        not_after: Instant,
+        dns: &[String],
+        ips: &[std::net::IpAddr],
+        serial: Option<u64>,
+    ) -> Result<IssuedSvid, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, id.trust_domain_str());
@@ -110,9 +150,12 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.not_before = when(now - 300)?;
-        params.not_after = when(now + validity_secs)?;
+        params.not_before = when(not_before)?;
+        params.not_after = when(not_after)?;
         params.use_authority_key_identifier_extension = true;
+        if let Some(n) = serial {
+            params.serial_number = Some(rcgen::SerialNumber::from(n));
+        }
         let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
         Ok(IssuedSvid {
             cert_der: cert.der().to_vec(),
