@@ -245,6 +245,81 @@ pub fn relative_to(base_file: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Loads every `*.toml` agreement in `dir` with its `<id>.<td>.sig` files and activates it
+/// (lint clean, names `local`, both signatures valid). Any failure is reported, naming the file;
+/// callers refuse to start or to reload on problems.
+pub fn load_agreements(
+    dir: &Path,
+    bundles: &BundleSet,
+    local: Option<&TrustDomain>,
+) -> Result<Vec<crate::agreement::Agreement>, Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return Err(vec![format!("{}: {e}", dir.display())]),
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        match load_agreement_file(&path, bundles, local) {
+            Ok(a) => {
+                if out
+                    .iter()
+                    .any(|x: &crate::agreement::Agreement| x.id == a.id)
+                {
+                    problems.push(format!(
+                        "{}: duplicate agreement id {}",
+                        path.display(),
+                        a.id
+                    ));
+                } else {
+                    out.push(a);
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Loads and activates one agreement file; signatures are read from its directory.
+pub fn load_agreement_file(
+    path: &Path,
+    bundles: &BundleSet,
+    local: Option<&TrustDomain>,
+) -> Result<crate::agreement::Agreement, String> {
+    let text = read_text_limited(path, crate::agreement::MAX_AGREEMENT_BYTES)
+        .map_err(|e| e.to_string())?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let id = crate::agreement::Agreement::parse(&text)
+        .map(|a| a.id)
+        .map_err(|issues| {
+            format!(
+                "{}: {}",
+                path.display(),
+                issues
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+    let sig_of = |td: &str| -> Option<String> {
+        let p = dir.join(crate::agreement::signature_file_name(&id, td));
+        read_text_limited(&p, crate::jose::MAX_JWS_BYTES).ok()
+    };
+    crate::agreement::activate(&text, &sig_of, bundles, local)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,11 +7,13 @@
 //! Pure modules (`spiffe`, `scope`, `chain`, `agreement`, `federation`, the core of `audit`)
 //! take bytes, key material and the time as values; `store`, `server` and `cli` do the I/O.
 
+pub mod agreement;
 pub mod chain;
 pub mod cli;
 pub mod crypto;
 pub mod devkit;
 pub mod files;
+pub mod jcs;
 pub mod jose;
 pub mod reason;
 pub mod scope;

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod agreement;
 mod bundle;
 mod chain;
 mod init;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Trust bundles.
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
+    /// Federation agreements: lint, hash, sign, verify, explain.
+    #[command(subcommand)]
+    Agreement(agreement::AgreementCmd),
 }
 
 /// Parses arguments and runs; returns the process exit code.
@@ -87,6 +91,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Chain(c) => chain::run(c),
         Command::Svid(c) => svid::run(c),
         Command::Bundle(c) => bundle::run(c),
+        Command::Agreement(c) => agreement::run(c),
     };
     match result {
         Ok(code) => code,

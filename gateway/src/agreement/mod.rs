@@ -1,0 +1,324 @@
+//! Federation agreements (SPEC section 5), pure: the TOML document both domains hold, its lint
+//! (every problem with its key path), its hash (SHA-256 of the RFC 8785 canonical JSON of the
+//! document as written), two-party signatures, evaluation of a crossing (`decide`), and the
+//! gateway-local Rego rules evaluated after the agreement allows.
+
+mod decide;
+mod lint;
+pub mod rego;
+mod sign;
+
+use std::fmt;
+
+use serde::Deserialize;
+
+pub use decide::{decide_among, Approval, CrossingRequest, Decision, DecisionRecord, Direction};
+pub use lint::LintIssue;
+pub use sign::{
+    sign_agreement, signature_file_name, verify_signature, SignatureError, TYP_AGREEMENT,
+};
+
+use crate::scope::{Scope, ScopeSet};
+use crate::spiffe::{IdPattern, SpiffeId, TrustDomain};
+use crate::time::Instant;
+
+/// Largest agreement file: a few hundred flows fit easily.
+pub const MAX_AGREEMENT_BYTES: usize = 256 * 1024;
+/// Most flows in one agreement: each crossing is checked against every flow.
+pub const MAX_FLOWS: usize = 256;
+/// Most routes per flow.
+pub const MAX_ROUTES: usize = 256;
+/// Longest federation token lifetime an agreement may allow (SPEC: tokens are short-lived).
+pub const MAX_TOKEN_TTL: i64 = 24 * 3600;
+/// Deepest chain an agreement may allow.
+pub const MAX_AGREEMENT_DEPTH: u32 = 16;
+
+/// `sha256:` + lowercase hex of the SHA-256 of the canonical JSON of the agreement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AgreementHash(String);
+
+impl AgreementHash {
+    pub fn of_canonical(bytes: &[u8]) -> Self {
+        AgreementHash(format!(
+            "sha256:{}",
+            crate::crypto::hex(&crate::crypto::sha256(bytes))
+        ))
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix("sha256:")?;
+        (hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then(|| AgreementHash(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AgreementHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a domain discloses about the root principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalDisclosure {
+    Clear,
+    Pseudonymous,
+    None,
+}
+
+/// What a domain discloses about the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainDisclosure {
+    Full,
+    Digest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disclosure {
+    pub principal: PrincipalDisclosure,
+    pub chain: ChainDisclosure,
+}
+
+/// One side of an agreement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainTerms {
+    pub trust_domain: TrustDomain,
+    pub gateway_id: SpiffeId,
+    pub gateway_url: String,
+    pub bundle_endpoint: String,
+    pub disclosure: Disclosure,
+}
+
+/// A route the receiving gateway enforces per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Upper-case HTTP method, or `*` for any.
+    pub method: String,
+    /// Exact path, or a prefix ending in `*`.
+    pub path: String,
+    pub scope: Scope,
+}
+
+impl Route {
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        let m = self.method == "*" || self.method == method;
+        let p = match self.path.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => path == self.path,
+        };
+        m && p
+    }
+}
+
+/// Who may delegate to whom across the boundary, and how much.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flow {
+    pub index: usize,
+    pub from: IdPattern,
+    pub to: IdPattern,
+    pub max_scope: ScopeSet,
+    pub requires_approval: ScopeSet,
+    pub approval_max_age: i64,
+    pub routes: Vec<Route>,
+}
+
+impl Flow {
+    /// The first route matching method and path whose scope the token grants.
+    pub fn route_for(&self, method: &str, path: &str, granted: &ScopeSet) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(method, path) && granted.covers(&r.scope))
+    }
+}
+
+/// A parsed agreement that lints clean.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agreement {
+    pub id: String,
+    pub version: u64,
+    pub valid_from: Instant,
+    pub valid_until: Instant,
+    pub max_chain_depth: u32,
+    pub max_token_ttl: i64,
+    pub clock_skew: i64,
+    pub domains: [DomainTerms; 2],
+    pub flows: Vec<Flow>,
+    pub hash: AgreementHash,
+    /// The canonical JSON the hash covers.
+    pub canonical: String,
+}
+
+impl Agreement {
+    /// Parses and lints; any lint issue is an error.
+    pub fn parse(text: &str) -> Result<Agreement, Vec<LintIssue>> {
+        lint::parse_and_lint(text)
+    }
+
+    /// `<id>@<hash>`, the federation token's `agr`.
+    pub fn agr(&self) -> String {
+        format!("{}@{}", self.id, self.hash)
+    }
+
+    pub fn domain(&self, td: &TrustDomain) -> Option<&DomainTerms> {
+        self.domains.iter().find(|d| &d.trust_domain == td)
+    }
+
+    pub fn domain_str(&self, td: &str) -> Option<&DomainTerms> {
+        self.domains.iter().find(|d| d.trust_domain.as_str() == td)
+    }
+
+    /// The other side, seen from `td`.
+    pub fn partner_of(&self, td: &TrustDomain) -> Option<&DomainTerms> {
+        if self.domains[0].trust_domain == *td {
+            Some(&self.domains[1])
+        } else if self.domains[1].trust_domain == *td {
+            Some(&self.domains[0])
+        } else {
+            None
+        }
+    }
+
+    pub fn in_window(&self, now: Instant) -> bool {
+        self.valid_from <= now && now < self.valid_until
+    }
+}
+
+/// Only the hash: TOML data mapped to JSON as written, canonicalized (RFC 8785), SHA-256.
+pub fn hash_text(text: &str) -> Result<(AgreementHash, String), String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let json = toml_to_json(&toml::Value::Table(table))?;
+    let canonical = crate::jcs::to_string(&json).map_err(|e| e.to_string())?;
+    Ok((AgreementHash::of_canonical(canonical.as_bytes()), canonical))
+}
+
+fn toml_to_json(v: &toml::Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .ok_or("NaN or infinity in agreement")?,
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.iter().map(toml_to_json).collect::<Result<_, _>>()?),
+        toml::Value::Table(t) => {
+            let mut m = serde_json::Map::new();
+            for (k, x) in t {
+                m.insert(k.clone(), toml_to_json(x)?);
+            }
+            J::Object(m)
+        }
+    })
+}
+
+// The TOML document as serde reads it (unknown keys are errors).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    id: String,
+    version: i64,
+    valid_from: toml::value::Datetime,
+    valid_until: toml::value::Datetime,
+    max_chain_depth: i64,
+    max_token_ttl: String,
+    #[serde(default)]
+    clock_skew: Option<String>,
+    domains: Vec<DomainDoc>,
+    #[serde(default)]
+    flows: Vec<FlowDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainDoc {
+    trust_domain: String,
+    gateway_id: String,
+    gateway_url: String,
+    bundle_endpoint: String,
+    disclosure: DisclosureDoc,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisclosureDoc {
+    principal: String,
+    chain: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowDoc {
+    from: String,
+    to: String,
+    max_scope: Vec<String>,
+    #[serde(default)]
+    requires_approval: Vec<String>,
+    #[serde(default)]
+    approval_max_age: Option<String>,
+    #[serde(default)]
+    routes: Vec<RouteDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteDoc {
+    method: String,
+    path: String,
+    scope: String,
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Why an agreement cannot be activated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActivationError {
+    #[error("does not lint clean: {}", .0.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("; "))]
+    Lint(Vec<LintIssue>),
+    #[error("does not name this gateway's domain {0}")]
+    NotOurs(String),
+    #[error("no bundle for {0}, whose signature must be checked")]
+    NoBundle(String),
+    #[error("missing signature of {0}")]
+    MissingSignature(String),
+    #[error("signature of {0}: {1}")]
+    BadSignature(String, SignatureError),
+}
+
+/// Checks that an agreement lints clean, names `local` (when given) and carries valid
+/// signatures of both domains. The validity window is checked per crossing (`decide` says
+/// `agreement_expired`), so an agreement that expires while the gateway runs stops working
+/// at that second.
+pub fn activate(
+    text: &str,
+    signature_of: &dyn Fn(&str) -> Option<String>,
+    bundles: &crate::spiffe::BundleSet,
+    local: Option<&TrustDomain>,
+) -> Result<Agreement, ActivationError> {
+    let a = Agreement::parse(text).map_err(ActivationError::Lint)?;
+    if let Some(td) = local {
+        if a.domain(td).is_none() {
+            return Err(ActivationError::NotOurs(td.to_string()));
+        }
+    }
+    for d in &a.domains {
+        let td = d.trust_domain.as_str();
+        let bundle = bundles
+            .get(&d.trust_domain)
+            .ok_or_else(|| ActivationError::NoBundle(td.to_string()))?;
+        let sig =
+            signature_of(td).ok_or_else(|| ActivationError::MissingSignature(td.to_string()))?;
+        verify_signature(&sig, &a.hash, bundle)
+            .map_err(|e| ActivationError::BadSignature(td.to_string(), e))?;
+    }
+    Ok(a)
+}
