@@ -8,10 +8,12 @@
 //! take bytes, key material and the time as values; `store`, `server` and `cli` do the I/O.
 
 pub mod agreement;
+pub mod audit;
 pub mod chain;
 pub mod cli;
 pub mod crypto;
 pub mod devkit;
+pub mod federation;
 pub mod files;
 pub mod jcs;
 pub mod jose;
@@ -19,6 +21,7 @@ pub mod reason;
 pub mod scope;
 pub mod server;
 pub mod spiffe;
+pub mod store;
 pub mod time;
 
 pub use reason::Reason;

@@ -257,6 +257,9 @@ pub struct VerifiedChain {
     pub depth: usize,
     /// The earliest expiry (that of `Ln`).
     pub expires: Instant,
+    /// Until when this verification holds: the chain's expiry or the earliest `notAfter` of an
+    /// SVID that signed a link, whichever is first (for caches).
+    pub valid_until: Instant,
     /// base64url SHA-256 of the chain as presented.
     pub digest: String,
     pub links: Vec<LinkSummary>,
@@ -389,6 +392,7 @@ impl<'a> UnverifiedChain<'a> {
         let mut root_domain = String::new();
         let mut summaries = Vec::with_capacity(n);
         let mut dep: usize = 0;
+        let mut svid_until = Instant::MAX;
 
         for (i, &compact) in self.links.iter().enumerate() {
             // Rule 1: parse, alg, typ, signature with the key the header designates.
@@ -474,6 +478,7 @@ impl<'a> UnverifiedChain<'a> {
                     let key: VerifyingKey = leaf_verifying_key(&certs[0])
                         .map_err(|e| ChainError::at(i, ChainErrorKind::BadSvid(e)))?;
                     c.verify_with(&key).map_err(|e| jose_err(i, e))?;
+                    svid_until = svid_until.min(svid.not_after);
                     Some(svid.id)
                 }
                 _ => return Err(malformed(i, "header must carry exactly one of kid and x5c")),
@@ -626,6 +631,7 @@ impl<'a> UnverifiedChain<'a> {
             root,
             depth: dep + n,
             expires: last.claims.exp,
+            valid_until: last.claims.exp.min(svid_until),
             digest: chain_digest(self.raw),
             links: summaries,
             root_domain,

@@ -6,7 +6,8 @@ use clap::{Parser, Subcommand};
 mod agreement;
 mod bundle;
 mod chain;
-mod init;
+pub mod init;
+mod serve;
 mod svid;
 
 /// A verb's failure: what to print and which exit code.
@@ -56,6 +57,8 @@ pub struct Cli {
 pub enum Command {
     /// Create a development trust domain: CA, gateway/IdP/audit keys, SVIDs, bundle, config.
     Init(init::InitArgs),
+    /// Run the gateway.
+    Serve(serve::ServeArgs),
     /// Delegation chains: issue, extend, verify, inspect.
     #[command(subcommand)]
     Chain(chain::ChainCmd),
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> i32 {
     crate::crypto::install_provider();
     let result = match cli.command {
         Command::Init(a) => init::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Chain(c) => chain::run(c),
         Command::Svid(c) => svid::run(c),
         Command::Bundle(c) => bundle::run(c),

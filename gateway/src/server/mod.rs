@@ -1,3 +1,350 @@
-//! The gateway server: config, mTLS listeners, egress and ingress handlers, admin endpoints.
+//! The gateway server (`fedgate serve`): three TLS listeners on rustls with the gateway's
+//! X509-SVID — internal (local agents: token exchange and egress), federation (partners:
+//! ingress, bundle endpoint, revocation notices) and admin — plus the lifecycle tasks.
 
+pub mod admin;
 pub mod config;
+pub mod deny;
+pub mod egress;
+pub mod ingress;
+pub mod lifecycle;
+pub mod proxy;
+pub mod state;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{any, get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::audit::Record;
+use crate::store::{log::Appended, AuditLog, LogError, State};
+use state::{Gateway, Keys, TrustHandle};
+use tls::{Identity, ListenerKind, SpiffeClientVerifier};
+
+/// How long open connections get to finish after SIGTERM.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A record with the fields every record of this gateway shares.
+pub fn base_record(gw: &Gateway, direction: &str, crossing: &str, allow: bool) -> Record {
+    Record::decision(gw.cfg.trust_domain.as_str(), direction, crossing, allow)
+}
+
+/// Appends durably and indexes the crossing.
+pub async fn append(gw: &Gateway, rec: Record) -> Result<Appended, LogError> {
+    let crossing = rec.crossing.clone();
+    let a = gw.log.append(rec).await?;
+    if let Err(e) = gw.state.index_crossing(&crossing, a.seq) {
+        tracing::warn!(error = %e, "crossing index update failed (rebuildable)");
+    }
+    Ok(a)
+}
+
+/// Pre-bound listeners (tests and the demo bind `127.0.0.1:0` first to learn the ports).
+pub struct Listeners {
+    pub internal: std::net::TcpListener,
+    pub federation: std::net::TcpListener,
+    pub admin: std::net::TcpListener,
+}
+
+impl Listeners {
+    pub fn bind(
+        internal: SocketAddr,
+        federation: SocketAddr,
+        admin: SocketAddr,
+    ) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            internal: std::net::TcpListener::bind(internal)?,
+            federation: std::net::TcpListener::bind(federation)?,
+            admin: std::net::TcpListener::bind(admin)?,
+        })
+    }
+
+    pub fn loopback() -> std::io::Result<Listeners> {
+        let a: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self::bind(a, a, a)
+    }
+
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr, SocketAddr)> {
+        Ok((
+            self.internal.local_addr()?,
+            self.federation.local_addr()?,
+            self.admin.local_addr()?,
+        ))
+    }
+}
+
+/// A running gateway.
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    pub internal: SocketAddr,
+    pub federation: SocketAddr,
+    pub admin: SocketAddr,
+    pub recovery: crate::store::Recovery,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    graceful: Vec<Arc<hyper_util::server::graceful::GracefulShutdown>>,
+}
+
+impl Running {
+    /// Stops accepting, lets open connections finish (bounded), writes a final checkpoint.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        for g in self.graceful {
+            if let Ok(g) = Arc::try_unwrap(g) {
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, g.shutdown()).await;
+            }
+        }
+        self.gateway.log.shutdown();
+        let _ = self.gateway.state.flush();
+        tracing::info!("gateway stopped");
+    }
+}
+
+fn internal_router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/token", post(egress::token))
+        .route("/egress", any(egress::egress))
+        .route("/egress/{*path}", any(egress::egress))
+        .fallback(not_found)
+        .with_state(gw)
+}
+
+fn federation_router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/ingress", any(ingress::ingress))
+        .route("/ingress/{*path}", any(ingress::ingress))
+        .route("/bundle", get(ingress::bundle))
+        .route("/v1/revocations", post(ingress::revocations))
+        .fallback(not_found)
+        .with_state(gw)
+}
+
+fn admin_router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/metrics", get(admin::metrics))
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/v1/audit/checkpoint", get(admin::checkpoint))
+        .route("/v1/audit/records", get(admin::records))
+        .route("/v1/audit/proof/{seq}", get(admin::proof))
+        .route("/v1/audit/consistency", get(admin::consistency))
+        .route("/v1/revoke", post(admin::revoke))
+        .route("/v1/graph", get(admin::graph))
+        .route("/v1/reload", post(admin::reload))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            admin::guard,
+        ))
+        .with_state(gw)
+}
+
+async fn not_found() -> (http::StatusCode, axum::Json<serde_json::Value>) {
+    (
+        http::StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({"error": "not found"})),
+    )
+}
+
+/// Loads keys, trust, the audit log and state, and starts the listeners and lifecycle tasks.
+/// Every problem is reported before any port accepts a connection.
+pub async fn start(
+    cfg: config::Validated,
+    listeners: Option<Listeners>,
+) -> Result<Running, Vec<String>> {
+    crate::crypto::install_provider();
+    let one = |e: String| vec![e];
+    let chain = crate::files::read_pem_certs(&cfg.tls_cert).map_err(|e| one(e.to_string()))?;
+    let key = crate::files::read_private_key_der(&cfg.tls_key).map_err(|e| one(e.to_string()))?;
+    let leaf_id = x509_parser::parse_x509_certificate(&chain[0])
+        .ok()
+        .and_then(|(_, c)| crate::spiffe::svid::leaf_spiffe_id(&c).ok());
+    if leaf_id.as_ref() != Some(&cfg.gateway_id) {
+        return Err(one(format!(
+            "{}: the certificate is not an SVID for {}",
+            cfg.tls_cert.display(),
+            cfg.gateway_id
+        )));
+    }
+    let identity = Identity { chain, key };
+    let signing = lifecycle::initial_signing_key(&cfg).map_err(one)?;
+    let audit_key =
+        crate::files::read_signing_key(&cfg.audit_key).map_err(|e| one(e.to_string()))?;
+    if audit_key.alg() != crate::jose::Alg::EdDsa {
+        return Err(one(format!(
+            "{}: the audit key must be Ed25519",
+            cfg.audit_key.display()
+        )));
+    }
+    let pseudo_text = crate::files::read_text_limited(&cfg.pseudonym_key, 4096)
+        .map_err(|e| one(e.to_string()))?;
+    let pseudonym = crate::crypto::hex_decode(pseudo_text.trim())
+        .filter(|k| k.len() >= 32)
+        .ok_or_else(|| {
+            one(format!(
+                "{}: expected at least 32 bytes of hex",
+                cfg.pseudonym_key.display()
+            ))
+        })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| one(format!("{}: {e}", cfg.data_dir.display())))?;
+    let st = State::open(&cfg.data_dir.join("state")).map_err(|e| one(e.to_string()))?;
+    let trust = lifecycle::load_trust(&cfg, Some(&st), 1)?;
+    {
+        let local = trust.bundles.get(&cfg.trust_domain);
+        if local.and_then(|b| b.jwt_key(signing.kid())).is_none() {
+            return Err(one(format!(
+                "the signing key (kid {}) is not in the local bundle",
+                signing.kid()
+            )));
+        }
+        let audit_published = local
+            .map(|b| b.jwt.iter().any(|a| a.key == *audit_key.public()))
+            .unwrap_or(false);
+        if !audit_published {
+            tracing::warn!("the audit key is not published in the local bundle: auditors cannot verify checkpoints");
+        }
+    }
+    let (log, recovery) = AuditLog::open(
+        &cfg.data_dir.join("audit"),
+        cfg.trust_domain.as_str(),
+        audit_key,
+    )
+    .map_err(|e| one(e.to_string()))?;
+    if recovery.truncated_bytes > 0 {
+        tracing::warn!(
+            bytes = recovery.truncated_bytes,
+            "audit log: a torn final record (never acknowledged) was truncated"
+        );
+    }
+    rebuild_replay_cache(&log, &st, cfg.trust_domain.as_str()).map_err(one)?;
+    let listeners = match listeners {
+        Some(l) => l,
+        None => Listeners::bind(cfg.internal, cfg.federation, cfg.admin)
+            .map_err(|e| one(format!("binding listeners: {e}")))?,
+    };
+    let trust = Arc::new(TrustHandle::new(trust));
+    let keys = Keys {
+        signing: std::sync::RwLock::new(Arc::new(signing)),
+        pseudonym: zeroize::Zeroizing::new(pseudonym),
+    };
+    let gw = Arc::new(Gateway::new(cfg, trust.clone(), keys, identity, log, st).map_err(one)?);
+    let (internal, federation, admin) = listeners.addrs().map_err(|e| one(e.to_string()))?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut graceful = Vec::new();
+    for (l, kind, router) in [
+        (
+            listeners.internal,
+            ListenerKind::Internal,
+            internal_router(gw.clone()),
+        ),
+        (
+            listeners.federation,
+            ListenerKind::Federation,
+            federation_router(gw.clone()),
+        ),
+        (
+            listeners.admin,
+            ListenerKind::Admin,
+            admin_router(gw.clone()),
+        ),
+    ] {
+        l.set_nonblocking(true).map_err(|e| one(e.to_string()))?;
+        let l = TcpListener::from_std(l).map_err(|e| one(e.to_string()))?;
+        let verifier = Arc::new(SpiffeClientVerifier::new(
+            trust.clone(),
+            gw.cfg.trust_domain.clone(),
+            kind,
+        ));
+        let tls =
+            Arc::new(tls::server_config(&gw.identity, verifier).map_err(|e| one(e.to_string()))?);
+        let g = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+        graceful.push(g.clone());
+        tasks.push(tokio::spawn(tls::serve(l, tls, router, stop_rx.clone(), g)));
+    }
+    tasks.push(tokio::spawn(lifecycle::refresh_loop(
+        gw.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(lifecycle::watch_loop(
+        gw.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(lifecycle::notice_loop(
+        gw.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(lifecycle::sweep_loop(
+        gw.clone(),
+        stop_rx.clone(),
+    )));
+    tracing::info!(%internal, %federation, %admin, domain = %gw.cfg.trust_domain, records = recovery.records, "gateway started");
+    Ok(Running {
+        gateway: gw,
+        internal,
+        federation,
+        admin,
+        recovery,
+        stop,
+        tasks,
+        graceful,
+    })
+}
+
+/// The replay cache is state that can be rebuilt: every inbound crossing the log of record
+/// accepted and whose token has not expired is marked used again.
+fn rebuild_replay_cache(log: &AuditLog, st: &State, _domain: &str) -> Result<(), String> {
+    let now = crate::time::now();
+    let size = log.size();
+    let mut from = 0;
+    const PAGE: u64 = 10_000;
+    while from < size {
+        for bytes in log.read(from, PAGE).map_err(|e| e.to_string())? {
+            let Ok(r) = serde_json::from_slice::<Record>(&bytes) else {
+                continue;
+            };
+            if r.kind == "decision" && r.direction == "inbound" && r.is_allow() {
+                if let Some(exp) = r.token_exp {
+                    if exp + crate::chain::MAX_CLOCK_SKEW > now {
+                        st.replay_insert(&r.crossing, exp)
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+        }
+        from += PAGE;
+    }
+    st.flush().map_err(|e| e.to_string())
+}
+
+/// `fedgate serve`: run until SIGTERM/SIGINT; SIGHUP reloads.
+pub async fn run_until_signal(cfg: config::Validated) -> Result<(), Vec<String>> {
+    let running = start(cfg, None).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| vec![e.to_string()])?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| vec![e.to_string()])?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                match lifecycle::reload(&running.gateway).await {
+                    Ok(_) => tracing::info!("reloaded on SIGHUP"),
+                    Err(p) => tracing::error!(problems = ?p, "SIGHUP reload rejected; keeping the previous trust"),
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Reconciliation of two domains' exports (filled in below).

@@ -1,0 +1,142 @@
+//! Audit records (SPEC section 8): one per crossing decision (allow or deny, both directions),
+//! a second one for its outcome, and one per revocation notice. Stored and exported as RFC 8785
+//! canonical JSON; the leaf hash covers exactly those bytes.
+//!
+//! Beyond the fields SPEC section 8 lists, a record carries `kind`, `mode`, `authenticated`
+//! and `prev` (the leaf hash of the record before it, so a damaged record is pinpointed by the
+//! next one), and outcome or revocation details.
+
+use serde::{Deserialize, Serialize};
+
+use super::merkle::{leaf_hash, Hash};
+
+/// Record format version.
+pub const RECORD_VERSION: u32 = 1;
+/// Largest canonical record: every field is bounded (scopes, ids), so this only stops bugs.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub v: u32,
+    pub seq: u64,
+    pub time: String,
+    pub domain: String,
+    /// `decision`, `outcome` or `revocation`.
+    pub kind: String,
+    /// `outbound` or `inbound`.
+    pub direction: String,
+    /// The federation token's `jti` (a fresh id for denials without an authentic token).
+    pub crossing: String,
+    /// `allow` or `deny`.
+    pub decision: String,
+    pub reason: Option<String>,
+    pub partner: Option<String>,
+    pub agreement: Option<String>,
+    pub source: Option<String>,
+    pub target: Option<String>,
+    pub scope_requested: Vec<String>,
+    pub scope_granted: Vec<String>,
+    pub txn: Option<String>,
+    pub principal: Option<String>,
+    pub chain_digest: Option<String>,
+    pub depth: Option<u64>,
+    pub token_exp: Option<i64>,
+    /// `egress`, `token_exchange`, `ingress` (and for notices `notice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Inbound: whether the token's signature verified (only authenticated crossings are
+    /// expected in the partner's log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<bool>,
+    /// Outcome records: the decision record's seq.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
+    pub ref_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// Outcome records of egress: the partner's `Fedgate-Receipt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_valid: Option<bool>,
+    /// Revocation records: what was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<serde_json::Value>,
+    /// base64url leaf hash of the previous record (empty for seq 0).
+    pub prev: String,
+}
+
+impl Record {
+    /// A decision record with the common fields set; the log sets `seq`, `prev`, `v`.
+    pub fn decision(domain: &str, direction: &str, crossing: &str, allow: bool) -> Record {
+        Record {
+            v: RECORD_VERSION,
+            time: crate::time::format_rfc3339_millis(crate::time::now_millis()),
+            domain: domain.to_string(),
+            kind: "decision".into(),
+            direction: direction.into(),
+            crossing: crossing.into(),
+            decision: if allow { "allow" } else { "deny" }.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The canonical bytes the leaf hash covers.
+    pub fn canonical(&self) -> Result<Vec<u8>, String> {
+        let v = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        let b = crate::jcs::canonicalize(&v).map_err(|e| e.to_string())?;
+        if b.len() > MAX_RECORD_BYTES {
+            return Err(format!("record larger than {MAX_RECORD_BYTES} bytes"));
+        }
+        Ok(b)
+    }
+
+    /// Parses canonical bytes back, checking they are canonical.
+    pub fn from_canonical(bytes: &[u8]) -> Result<Record, String> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err("record too large".into());
+        }
+        let r: Record = serde_json::from_slice(bytes).map_err(|e| format!("not a record: {e}"))?;
+        let again = r.canonical()?;
+        if again != bytes {
+            return Err("record is not in canonical form".into());
+        }
+        Ok(r)
+    }
+
+    pub fn leaf(bytes: &[u8]) -> Hash {
+        leaf_hash(bytes)
+    }
+
+    pub fn is_allow(&self) -> bool {
+        self.decision == "allow"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_round_trip_and_strictness() {
+        let mut r = Record::decision("company.com", "outbound", "jti-1", true);
+        r.seq = 3;
+        r.scope_granted = vec!["analytics:*".into()];
+        r.reason = None;
+        let b = r.canonical().unwrap();
+        let s = String::from_utf8(b.clone()).unwrap();
+        assert!(
+            s.starts_with("{\"agreement\":null,\"chain_digest\":null,\"crossing\":\"jti-1\""),
+            "{s}"
+        );
+        assert!(!s.contains("\"mode\""), "absent extras are omitted");
+        assert_eq!(Record::from_canonical(&b).unwrap(), r);
+        // Whitespace or reordering is not canonical; unknown fields are refused.
+        let pretty = serde_json::to_vec_pretty(&r).unwrap();
+        assert!(Record::from_canonical(&pretty).is_err());
+        let extra = s.replacen('{', "{\"zzz\":1,", 1);
+        assert!(Record::from_canonical(extra.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,648 @@
+//! The internal listener: RFC 8693 token exchange (`POST /v1/token`) and the egress forward
+//! proxy (`ANY /egress/{*path}`). Both verify the caller's chain (the mTLS peer must be its
+//! holder), ask the agreement and the local policy, and mint a bounded federation token; the
+//! proxy then strips every internal credential and forwards to the partner's ingress.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant as Clock;
+
+use axum::body::Body;
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use tracing::Instrument;
+
+use super::deny::Denial;
+use super::proxy;
+use super::state::{Gateway, Trust};
+use super::tls::ConnInfo;
+use super::{append, base_record};
+use crate::agreement::rego::crossing_input;
+use crate::agreement::{
+    decide_among, Agreement, ChainDisclosure, CrossingRequest, Decision, PrincipalDisclosure,
+};
+use crate::audit::Record;
+use crate::chain::{Policy, UnverifiedChain, VerifiedChain};
+use crate::federation::{mint_token, pseudonym, Actor, Cnf, FederationClaims};
+use crate::reason::Reason;
+use crate::scope::ScopeSet;
+use crate::spiffe::SpiffeId;
+
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const SUBJECT_TOKEN_TYPE: &str = "urn:fedgate:token-type:delegation-chain";
+pub const ISSUED_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Largest token-exchange form: a chain plus a few short parameters.
+pub const MAX_FORM_BYTES: usize = crate::chain::MAX_CHAIN_BYTES + 8 * 1024;
+
+/// A chain that verified and an agreement that allowed, before anything is minted.
+pub struct Authorized {
+    pub chain: Arc<VerifiedChain>,
+    pub holder: SpiffeId,
+    pub target: SpiffeId,
+    pub requested: ScopeSet,
+    pub decision: Decision,
+    pub agreement: Arc<Agreement>,
+    pub trust: Arc<Trust>,
+    pub record: Record,
+}
+
+/// Writes a deny record and returns the denial.
+async fn refuse(gw: &Gateway, mut rec: Record, reason: Reason, message: String) -> Denial {
+    rec.decision = "deny".into();
+    rec.reason = Some(reason.code().into());
+    gw.metrics.inc(
+        "fedgate_crossings_total",
+        &[("direction", "outbound"), ("decision", "deny")],
+    );
+    gw.metrics
+        .inc("fedgate_denials_total", &[("reason", reason.code())]);
+    let crossing = rec.crossing.clone();
+    if let Err(e) = append(gw, rec).await {
+        tracing::error!(crossing = %crossing, error = %e, "could not audit a denial");
+    }
+    Denial::new(reason, message, &crossing).described()
+}
+
+/// Verifies the chain (cached by digest), that the peer holds it, and that the agreement and
+/// the local policy allow `target` with `scope`.
+pub async fn authorize(
+    gw: &Gateway,
+    conn: &ConnInfo,
+    chain_raw: &str,
+    target: &str,
+    scope: &str,
+    mode: &str,
+    now: i64,
+) -> Result<Authorized, Denial> {
+    let mut rec = base_record(gw, "outbound", &crate::crypto::random_id(), false);
+    rec.mode = Some(mode.into());
+    rec.target = Some(target.chars().take(2048).collect());
+    let trust = gw.trust.get();
+    let Some(peer) = conn.peer.as_ref() else {
+        return Err(refuse(gw, rec, Reason::NotHolder, "no client certificate".into()).await);
+    };
+    rec.source = Some(peer.id.to_string());
+    let digest = crate::chain::chain_digest(chain_raw);
+    rec.chain_digest = Some(digest.clone());
+    let chain = match gw.chains.get(&digest, now) {
+        Some(c) => {
+            gw.metrics
+                .inc("fedgate_chain_cache_total", &[("result", "hit")]);
+            c
+        }
+        None => {
+            gw.metrics
+                .inc("fedgate_chain_cache_total", &[("result", "miss")]);
+            let policy = Policy {
+                max_links: gw.cfg.max_links,
+                skew: gw.cfg.clock_skew,
+                idps: Some(vec![gw.cfg.idp_id.clone()]),
+                gateways: Some(vec![gw.cfg.gateway_id.clone()]),
+            };
+            let v = UnverifiedChain::parse(chain_raw)
+                .and_then(|c| c.verify(&trust.bundles, &policy, &gw.state, now));
+            match v {
+                Ok(v) => {
+                    let v = Arc::new(v);
+                    gw.chains.put(v.clone(), now);
+                    v
+                }
+                Err(e) => return Err(refuse(gw, rec, e.reason(), e.to_string()).await),
+            }
+        }
+    };
+    rec.txn = Some(chain.task.clone());
+    rec.depth = Some(chain.depth as u64);
+    // A cached chain is re-checked against revocations (cheap, in memory).
+    if let Some(reason) = revoked_since(gw, &chain, now) {
+        gw.chains.clear();
+        return Err(refuse(gw, rec, Reason::Revoked, reason).await);
+    }
+    let holder = match chain.holder.agent() {
+        Some(h) if *h == peer.id => h.clone(),
+        _ => {
+            let m = format!(
+                "the chain's holder is {}, but the caller is {}",
+                chain.holder, peer.id
+            );
+            return Err(refuse(gw, rec, Reason::NotHolder, m).await);
+        }
+    };
+    let target = match SpiffeId::parse(target) {
+        Ok(t) => t,
+        Err(e) => return Err(refuse(gw, rec, Reason::Malformed, format!("target: {e}")).await),
+    };
+    rec.partner = Some(target.trust_domain_str().to_string());
+    let requested = match ScopeSet::parse_spaced(scope) {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => return Err(refuse(gw, rec, Reason::Malformed, "no scope requested".into()).await),
+        Err(e) => return Err(refuse(gw, rec, Reason::Malformed, format!("scope: {e}")).await),
+    };
+    rec.scope_requested = requested.to_strings();
+    if trust.bundles.get_str(target.trust_domain_str()).is_none()
+        && !target.in_domain(&gw.cfg.trust_domain)
+    {
+        let m = format!("no bundle for {}", target.trust_domain_str());
+        return Err(refuse(gw, rec, Reason::UnknownDomain, m).await);
+    }
+    let req = CrossingRequest::outbound(
+        &gw.cfg.trust_domain,
+        &chain,
+        &holder,
+        &target,
+        &requested,
+        now,
+    );
+    let decision = decide_among(trust.agreements.iter().map(|a| a.as_ref()), &req);
+    rec.agreement = decision.agr.clone();
+    if !decision.allow {
+        let r = decision.reason.unwrap_or(Reason::RuleDenied);
+        return Err(refuse(gw, rec, r, decision.message.clone()).await);
+    }
+    rec.scope_granted = decision.granted.to_strings();
+    let agreement = match trust
+        .agreements
+        .iter()
+        .find(|a| Some(&a.id) == decision.agreement_id.as_ref())
+    {
+        Some(a) => a.clone(),
+        None => {
+            return Err(refuse(gw, rec, Reason::NoAgreement, "agreement vanished".into()).await)
+        }
+    };
+    if let Some(policy) = &trust.policy {
+        let agents = chain.agents();
+        let input = crossing_input(
+            "outbound",
+            holder.as_str(),
+            target.as_str(),
+            &requested.to_strings(),
+            &decision.granted.to_strings(),
+            &chain.scope.to_strings(),
+            decision.agr.as_deref().unwrap_or(""),
+            Some(chain.root_principal()),
+            &chain.task,
+            chain.depth,
+            &agents,
+            chain.expires,
+            now,
+        );
+        match policy.deny_messages(&input) {
+            Ok(m) if m.is_empty() => {}
+            Ok(m) => return Err(refuse(gw, rec, Reason::PolicyDenied, m.join("; ")).await),
+            Err(e) => {
+                return Err(refuse(
+                    gw,
+                    rec,
+                    Reason::PolicyDenied,
+                    format!("local policy failed: {e}"),
+                )
+                .await)
+            }
+        }
+    }
+    Ok(Authorized {
+        chain,
+        holder,
+        target,
+        requested,
+        decision,
+        agreement,
+        trust,
+        record: rec,
+    })
+}
+
+/// Revocations that arrived after a chain was cached.
+fn revoked_since(gw: &Gateway, chain: &VerifiedChain, now: i64) -> Option<String> {
+    use crate::chain::{RevocationKind as K, Revocations};
+    let d = chain.root_domain.as_str();
+    if gw.state.is_revoked(d, K::Task, &chain.task, now) {
+        return Some(format!("task {}", chain.task));
+    }
+    if let crate::chain::Root::Human { principal, .. } = &chain.root {
+        if gw.state.is_revoked(d, K::Principal, principal, now) {
+            return Some(format!("principal {principal}"));
+        }
+    }
+    for l in &chain.links {
+        for who in [&l.iss, &l.sub] {
+            if let Ok(id) = SpiffeId::parse(who) {
+                if id.agent_type().is_some()
+                    && gw
+                        .state
+                        .is_revoked(id.trust_domain_str(), K::Agent, id.as_str(), now)
+                {
+                    return Some(format!("agent {id}"));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Mints the federation token for an authorized crossing and fills the allow record.
+pub fn mint(
+    gw: &Gateway,
+    a: &mut Authorized,
+    cnf: Option<Cnf>,
+    now: i64,
+) -> Result<(String, FederationClaims), Denial> {
+    let partner = a
+        .agreement
+        .domain_str(a.target.trust_domain_str())
+        .ok_or_else(|| {
+            Denial::new(
+                Reason::NoAgreement,
+                "agreement does not name the target's domain",
+                &a.record.crossing,
+            )
+        })?;
+    let disclosure = a
+        .decision
+        .disclosure
+        .unwrap_or(crate::agreement::Disclosure {
+            principal: PrincipalDisclosure::None,
+            chain: ChainDisclosure::Digest,
+        });
+    let principal = a.chain.root_principal();
+    let sub = match disclosure.principal {
+        PrincipalDisclosure::Clear => Some(principal.to_string()),
+        PrincipalDisclosure::Pseudonymous => Some(pseudonym(&gw.keys.pseudonym, principal)),
+        PrincipalDisclosure::None => None,
+    };
+    let agents = a.chain.agents();
+    let act =
+        Actor::from_agents(&agents, disclosure.chain == ChainDisclosure::Full).unwrap_or(Actor {
+            sub: a.holder.to_string(),
+            act: None,
+        });
+    let jti = crate::crypto::random_id();
+    let claims = FederationClaims {
+        iss: gw.cfg.gateway_id.to_string(),
+        aud: partner.gateway_id.to_string(),
+        sub: sub.clone(),
+        act,
+        tgt: a.target.to_string(),
+        scope: a.decision.granted.to_spaced(),
+        txn: a.chain.task.clone(),
+        agr: a.decision.agr.clone().unwrap_or_default(),
+        chn: a.chain.digest.clone(),
+        dep: a.chain.depth as u32,
+        cnf,
+        iat: now,
+        nbf: now,
+        exp: a.decision.token_exp,
+        jti: jti.clone(),
+    };
+    let key = gw.keys.signing();
+    let token = mint_token(&key, &claims).map_err(|e| {
+        Denial::new(
+            Reason::AuditUnavailable,
+            format!("signing failed: {e}"),
+            &jti,
+        )
+    })?;
+    let r = &mut a.record;
+    r.crossing = jti;
+    r.decision = "allow".into();
+    r.principal = sub;
+    r.token_exp = Some(claims.exp);
+    Ok((token, claims))
+}
+
+fn form_param<'a>(form: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
+    form.get(k).map(|s| s.as_str())
+}
+
+/// `POST /v1/token`: RFC 8693 token exchange.
+pub async fn token(
+    State(gw): State<Arc<Gateway>>,
+    Extension(conn): Extension<ConnInfo>,
+    body: Body,
+) -> Response {
+    let now = crate::time::now();
+    let crossing = crate::crypto::random_id();
+    let bad = |m: &str| {
+        Denial::new(Reason::Malformed, m, &crossing)
+            .oauth()
+            .into_response()
+    };
+    let bytes = match proxy::read_body(body, MAX_FORM_BYTES).await {
+        Ok(b) => b,
+        Err(proxy::BodyError::TooLarge) => {
+            return Denial::new(Reason::TooLarge, "form too large", &crossing)
+                .oauth()
+                .into_response()
+        }
+        Err(proxy::BodyError::Read(e)) => return bad(&e),
+    };
+    let pairs: Vec<(String, String)> = match serde_urlencoded::from_bytes(&bytes) {
+        Ok(p) => p,
+        Err(e) => return bad(&format!("not a form: {e}")),
+    };
+    let mut form = HashMap::new();
+    for (k, v) in pairs {
+        if form.insert(k.clone(), v).is_some() {
+            return bad(&format!("parameter {k} appears more than once"));
+        }
+    }
+    if form_param(&form, "grant_type") != Some(GRANT_TYPE) {
+        return bad("grant_type must be urn:ietf:params:oauth:grant-type:token-exchange");
+    }
+    if form_param(&form, "subject_token_type") != Some(SUBJECT_TOKEN_TYPE) {
+        return bad("subject_token_type must be urn:fedgate:token-type:delegation-chain");
+    }
+    if form.contains_key("actor_token") {
+        return bad("actor_token is not supported: the chain names every actor");
+    }
+    if let Some(t) = form_param(&form, "requested_token_type") {
+        if t != ISSUED_TOKEN_TYPE {
+            return bad("requested_token_type must be urn:ietf:params:oauth:token-type:jwt");
+        }
+    }
+    let (Some(chain), Some(audience)) = (
+        form_param(&form, "subject_token"),
+        form_param(&form, "audience"),
+    ) else {
+        return bad("subject_token and audience are required");
+    };
+    let scope = form_param(&form, "scope").unwrap_or("");
+    let mut a = match authorize(
+        &gw,
+        &conn,
+        chain.trim(),
+        audience,
+        scope,
+        "token_exchange",
+        now,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(d) => return d.oauth().into_response(),
+    };
+    // Bind the token to the requesting agent's certificate (RFC 8705), so only it can use it.
+    let cnf = conn.peer.as_ref().map(|p| Cnf {
+        x5t_s256: crate::crypto::b64url(&p.cert_sha256),
+    });
+    let (token, claims) = match mint(&gw, &mut a, cnf, now) {
+        Ok(t) => t,
+        Err(d) => return d.oauth().into_response(),
+    };
+    let span = tracing::info_span!("token_exchange", crossing = %claims.jti, task = %claims.txn);
+    let _g = span.enter();
+    if let Err(e) = append(&gw, a.record.clone()).await {
+        return Denial::new(Reason::AuditUnavailable, e.to_string(), &claims.jti)
+            .oauth()
+            .into_response();
+    }
+    gw.metrics.inc(
+        "fedgate_crossings_total",
+        &[("direction", "outbound"), ("decision", "allow")],
+    );
+    tracing::info!(target_agent = %a.target, scope = %claims.scope, "token issued");
+    let body = serde_json::json!({
+        "access_token": token,
+        "issued_token_type": ISSUED_TOKEN_TYPE,
+        "token_type": "N_A",
+        "expires_in": (claims.exp - now).max(0),
+        "scope": claims.scope,
+    });
+    let mut r = (StatusCode::OK, axum::Json(body)).into_response();
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn one_header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, String> {
+    let mut it = h.get_all(name).iter();
+    let v = it
+        .next()
+        .ok_or_else(|| format!("{name} header is required"))?;
+    if it.next().is_some() {
+        return Err(format!("{name} must appear once"));
+    }
+    v.to_str().map_err(|_| format!("{name} is not ASCII"))
+}
+
+/// `ANY /egress/{*path}`: verify, mint, strip, forward to the partner's `/ingress/{*path}`.
+pub async fn egress(
+    State(gw): State<Arc<Gateway>>,
+    Extension(conn): Extension<ConnInfo>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let now = crate::time::now();
+    let started = Clock::now();
+    let fields = (
+        one_header(&headers, "delegation-chain"),
+        one_header(&headers, "fedgate-target"),
+        one_header(&headers, "fedgate-scope"),
+    );
+    let (chain, target, scope) = match fields {
+        (Ok(c), Ok(t), Ok(s)) => (c.trim().to_string(), t.to_string(), s.to_string()),
+        (c, t, s) => {
+            let m = [c.err(), t.err(), s.err()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+            let mut rec = base_record(&gw, "outbound", &crate::crypto::random_id(), false);
+            rec.mode = Some("egress".into());
+            rec.source = conn.peer.as_ref().map(|p| p.id.to_string());
+            return refuse(&gw, rec, Reason::Malformed, m).await.into_response();
+        }
+    };
+    let mut a = match authorize(&gw, &conn, &chain, &target, &scope, "egress", now).await {
+        Ok(a) => a,
+        Err(d) => return d.into_response(),
+    };
+    let path = uri.path().strip_prefix("/egress").unwrap_or("/");
+    let query = uri.query().unwrap_or("");
+    let body = match proxy::read_body(body, gw.cfg.max_body_bytes).await {
+        Ok(b) => b,
+        Err(proxy::BodyError::TooLarge) => {
+            let m = format!("request body over {} bytes", gw.cfg.max_body_bytes);
+            return refuse(&gw, a.record, Reason::TooLarge, m)
+                .await
+                .into_response();
+        }
+        Err(proxy::BodyError::Read(e)) => {
+            return refuse(&gw, a.record, Reason::Malformed, e)
+                .await
+                .into_response()
+        }
+    };
+    // No internal credential leaves: strip them, and refuse a chain smuggled anywhere else.
+    let mut out_headers = proxy::strip_headers(&headers, &a.trust.strip_extra);
+    let markers = proxy::chain_markers(&chain);
+    if proxy::carries(&body, &markers)
+        || proxy::carries(query.as_bytes(), &markers)
+        || proxy::carries(path.as_bytes(), &markers)
+        || proxy::headers_carry(&out_headers, &markers)
+    {
+        let m = "the request carries the delegation chain outside Delegation-Chain".to_string();
+        return refuse(&gw, a.record, Reason::Malformed, m)
+            .await
+            .into_response();
+    }
+    let (token, claims) = match mint(&gw, &mut a, None, now) {
+        Ok(t) => t,
+        Err(d) => return d.described().into_response(),
+    };
+    let decision_rec = match append(&gw, a.record.clone()).await {
+        Ok(x) => x,
+        Err(e) => {
+            return Denial::new(Reason::AuditUnavailable, e.to_string(), &claims.jti)
+                .described()
+                .into_response()
+        }
+    };
+    gw.metrics.inc(
+        "fedgate_crossings_total",
+        &[("direction", "outbound"), ("decision", "allow")],
+    );
+    let span = tracing::info_span!("egress", crossing = %claims.jti, task = %claims.txn);
+    forward(
+        gw.clone(),
+        a,
+        claims,
+        token,
+        method,
+        path.to_string(),
+        query.to_string(),
+        &mut out_headers,
+        body,
+        decision_rec.seq,
+        started,
+    )
+    .instrument(span)
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    gw: Arc<Gateway>,
+    a: Authorized,
+    claims: FederationClaims,
+    token: String,
+    method: Method,
+    path: String,
+    query: String,
+    headers: &mut HeaderMap,
+    body: bytes::Bytes,
+    decision_seq: u64,
+    started: Clock,
+) -> Response {
+    let crossing = claims.jti.clone();
+    let Some(partner) = a.agreement.domain_str(a.target.trust_domain_str()).cloned() else {
+        return Denial::new(
+            Reason::NoAgreement,
+            "agreement does not name the partner",
+            &crossing,
+        )
+        .into_response();
+    };
+    let url = format!(
+        "{}/ingress{}{}{}",
+        partner.gateway_url,
+        path,
+        if query.is_empty() { "" } else { "?" },
+        query
+    );
+    let Ok(uri) = url.parse::<Uri>() else {
+        return Denial::new(
+            Reason::Malformed,
+            "path does not form a valid URL",
+            &crossing,
+        )
+        .described()
+        .into_response();
+    };
+    if let Some(v) = proxy::header(&format!("Bearer {token}")) {
+        headers.insert(http::header::AUTHORIZATION, v);
+    }
+    let mut req = http::Request::new(Body::from(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = std::mem::take(headers);
+    let client = match gw.partner_client(&partner.gateway_id) {
+        Ok(c) => c,
+        Err(e) => {
+            return Denial::new(Reason::PartnerUnavailable, e, &crossing)
+                .described()
+                .into_response()
+        }
+    };
+    let timeout = std::time::Duration::from_secs(gw.cfg.partner_timeout as u64);
+    let result = tokio::time::timeout(timeout, client.request(req)).await;
+    let mut outcome = base_record(&gw, "outbound", &crossing, true);
+    outcome.kind = "outcome".into();
+    outcome.mode = Some("egress".into());
+    outcome.ref_seq = Some(decision_seq);
+    outcome.partner = Some(partner.trust_domain.to_string());
+    outcome.agreement = a.record.agreement.clone();
+    outcome.source = a.record.source.clone();
+    outcome.target = a.record.target.clone();
+    outcome.txn = a.record.txn.clone();
+    outcome.latency_ms = Some(started.elapsed().as_millis() as u64);
+    let resp = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            outcome.status = Some(502);
+            outcome.reason = Some(Reason::PartnerUnavailable.code().into());
+            let _ = append(&gw, outcome).await;
+            return Denial::new(
+                Reason::PartnerUnavailable,
+                format!("partner request failed: {e}"),
+                &crossing,
+            )
+            .described()
+            .into_response();
+        }
+        Err(_) => {
+            outcome.status = Some(504);
+            outcome.reason = Some(Reason::PartnerUnavailable.code().into());
+            let _ = append(&gw, outcome).await;
+            let mut r = Denial::new(Reason::PartnerUnavailable, "partner timed out", &crossing)
+                .described()
+                .into_response();
+            *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            return r;
+        }
+    };
+    let (parts, incoming) = resp.into_parts();
+    outcome.status = Some(parts.status.as_u16());
+    if let Some(receipt) = parts
+        .headers
+        .get("fedgate-receipt")
+        .and_then(|v| v.to_str().ok())
+    {
+        let trust = gw.trust.get();
+        let valid = trust
+            .bundles
+            .get(&partner.trust_domain)
+            .map(|b| crate::federation::receipt::verify_receipt(receipt, b))
+            .map(|r| r.map(|c| c.crossing == crossing))
+            .unwrap_or(Ok(false))
+            .unwrap_or(false);
+        if !valid {
+            tracing::warn!("partner receipt does not verify");
+        }
+        outcome.receipt = Some(receipt.to_string());
+        outcome.receipt_valid = Some(valid);
+    }
+    if let Err(e) = append(&gw, outcome).await {
+        tracing::error!(error = %e, "could not audit the outcome");
+    }
+    let mut out = Response::new(proxy::limit_body(incoming, gw.cfg.max_body_bytes));
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = proxy::strip_response_headers(&parts.headers);
+    out
+}
