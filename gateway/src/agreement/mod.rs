@@ -130,11 +130,12 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// The first route matching method and path whose scope the token grants.
+    /// The first route matching method and path whose scope overlaps what the token grants:
+    /// the crossing link then carries the intersection (SPEC sections 4 and 6).
     pub fn route_for(&self, method: &str, path: &str, granted: &ScopeSet) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|r| r.matches(method, path) && granted.covers(&r.scope))
+            .find(|r| r.matches(method, path) && granted.iter().any(|g| g.meet(&r.scope).is_some()))
     }
 }
 
