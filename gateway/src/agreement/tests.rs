@@ -633,6 +633,10 @@ fn routes_match_method_path_and_scope() {
         .route_for("GET", "/customers/1", &set(&["pii:customers:read"]))
         .is_some());
     // A narrower grant still matches; the crossing link carries the intersection.
-    assert!(f.route_for("POST", "/analytics/run", &set(&["analytics:run"])).is_some());
-    assert!(f.route_for("POST", "/analytics/run", &set(&["pii:customers:read"])).is_none());
+    assert!(f
+        .route_for("POST", "/analytics/run", &set(&["analytics:run"]))
+        .is_some());
+    assert!(f
+        .route_for("POST", "/analytics/run", &set(&["pii:customers:read"]))
+        .is_none());
 }

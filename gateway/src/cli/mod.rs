@@ -4,11 +4,14 @@
 use clap::{Parser, Subcommand};
 
 mod agreement;
+mod audit;
 mod bundle;
 mod chain;
 pub mod init;
+mod revoke;
 mod serve;
 mod svid;
+mod token;
 
 /// A verb's failure: what to print and which exit code.
 #[derive(Debug)]
@@ -71,6 +74,16 @@ pub enum Command {
     /// Federation agreements: lint, hash, sign, verify, explain.
     #[command(subcommand)]
     Agreement(agreement::AgreementCmd),
+    /// Federation tokens.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
+    /// The shared audit log: export, verify, reconcile.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Revoke a token, task, agent or principal through a running gateway (propagated to partners).
+    Revoke(revoke::RevokeArgs),
+    /// Stage a gateway key rotation for a running gateway.
+    Rotate(revoke::RotateArgs),
 }
 
 /// Parses arguments and runs; returns the process exit code.
@@ -96,6 +109,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Svid(c) => svid::run(c),
         Command::Bundle(c) => bundle::run(c),
         Command::Agreement(c) => agreement::run(c),
+        Command::Token(c) => token::run(c),
+        Command::Audit(c) => audit::run(c),
+        Command::Revoke(a) => revoke::revoke(a),
+        Command::Rotate(a) => revoke::rotate(a),
     };
     match result {
         Ok(code) => code,
