@@ -246,7 +246,7 @@ fn kinds(v: &serde_json::Value) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|f| f["kind"].as_str().unwrap().to_string())
-        .filter(|k| k != "matched" && k != "unused")
+        .filter(|k| k != "matched" && k != "unused" && k != "refused")
         .collect()
 }
 
@@ -422,6 +422,34 @@ async fn both_logs_reconcile_clean_and_every_tampering_is_detected() {
     );
     // Receipts the company holds now point at records that moved: receipt_mismatch.
     assert!(k.contains(&"receipt_mismatch".to_string()), "{k:?}");
+
+    // 7. The partner claims it denied a crossing it signed a receipt for.
+    let x = t.join("contradicted.jsonl");
+    let mut flipped = String::new();
+    forge(&ve, &x, &ve_key, |recs| {
+        let r = recs
+            .iter_mut()
+            .find(|r| {
+                r.kind == "decision"
+                    && r.direction == "inbound"
+                    && r.is_allow()
+                    && r.partner.as_deref() == Some("company.com")
+                    && r.source.as_deref() == Some("spiffe://company.com/agent/planning/p1")
+            })
+            .unwrap();
+        r.decision = "deny".into();
+        r.reason = Some("rule_denied".into());
+        flipped = r.crossing.clone();
+    });
+    let (_, v) = reconcile(&b, &co, &x, &[]);
+    let fnd = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["crossing"] == flipped.as_str())
+        .unwrap();
+    assert_eq!(fnd["kind"], "field_mismatch", "{fnd}");
+    assert_eq!(fnd["fields"], serde_json::json!(["decision"]));
 
     // 6. A checkpoint from a forked log: the partner rewrote an early record and re-signed;
     // the auditor's earlier checkpoint proves the history changed.

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod chain;
 pub mod cli;
 pub mod crypto;
+pub mod demo;
 pub mod devkit;
 pub mod federation;
 pub mod files;

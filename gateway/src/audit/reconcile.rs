@@ -8,8 +8,10 @@
 //! `field_mismatch` (which fields); `receipt_invalid` (does not verify with the partner's
 //! bundle); `receipt_mismatch` (its leaf is not in the partner's log at its seq);
 //! `unreceipted` (the partner allowed it but the sender kept no valid receipt); `clock_skew`;
-//! `unused` (a token from token exchange never presented: informational); and for a whole log
-//! `tampered` and `not_append_only`.
+//! `unused` (a token from token exchange never presented) and `refused` (the receiver denied a
+//! token the sender issued, e.g. revoked meanwhile), both informational; and for a whole log
+//! `tampered` and `not_append_only`. A receiver's denial is a `field_mismatch` on `decision`
+//! only when the sender holds the receiver's signed receipt that it was allowed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -43,7 +45,7 @@ pub struct Report {
 }
 
 /// Kinds that are not discrepancies.
-const BENIGN: &[&str] = &["matched", "unused"];
+const BENIGN: &[&str] = &["matched", "unused", "refused"];
 
 /// Earlier checkpoints an auditor holds, to prove the logs only grew.
 #[derive(Debug, Clone, Default)]
@@ -86,9 +88,6 @@ fn decisions<'a>(e: &'a Export, direction: &str, partner: &str) -> Vec<&'a Recor
 /// The token-level fields both sides record, compared.
 fn mismatched(out: &Record, inb: &Record) -> Vec<String> {
     let mut f = Vec::new();
-    if !inb.is_allow() {
-        f.push("decision".to_string());
-    }
     let pairs: [(&str, Option<&str>, Option<&str>); 6] = [
         ("target", out.target.as_deref(), inb.target.as_deref()),
         (
@@ -186,6 +185,31 @@ fn one_direction(
         };
         let first = ins[0];
         let mut fields = mismatched(out, first);
+        if !first.is_allow() {
+            // The receiver refused a token the sender issued: its own checks at work (revoked,
+            // route, policy...), not a disagreement — unless the sender holds the receiver's
+            // signed receipt saying it was allowed.
+            let receipted = outcomes
+                .get(out.crossing.as_str())
+                .and_then(|o| o.receipt.as_deref())
+                .and_then(|r| crate::federation::receipt::verify_receipt(r, y_bundle).ok())
+                .map(|rc| rc.crossing == out.crossing)
+                .unwrap_or(false);
+            if receipted {
+                fields.push("decision".into());
+            }
+            if fields.is_empty() {
+                let reason = first.reason.clone().unwrap_or_default();
+                findings.push(Finding {
+                    kind: "refused",
+                    direction: dir.clone(),
+                    crossing: c,
+                    fields: vec![],
+                    detail: format!("{} refused it ({reason})", y.domain),
+                });
+                continue;
+            }
+        }
         let extra_allows = ins[1..].iter().filter(|r| r.is_allow()).count();
         if extra_allows > 0 {
             fields.push("replay_accepted".into());

@@ -7,9 +7,10 @@ mod agreement;
 mod audit;
 mod bundle;
 mod chain;
+mod demo;
 pub mod init;
 mod revoke;
-mod serve;
+pub(crate) mod serve;
 mod svid;
 mod token;
 
@@ -84,6 +85,8 @@ pub enum Command {
     Revoke(revoke::RevokeArgs),
     /// Stage a gateway key rotation for a running gateway.
     Rotate(revoke::RotateArgs),
+    /// Run two domains on loopback with fresh keys and walk the story end to end.
+    Demo(demo::DemoArgs),
 }
 
 /// Parses arguments and runs; returns the process exit code.
@@ -113,6 +116,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Audit(c) => audit::run(c),
         Command::Revoke(a) => revoke::revoke(a),
         Command::Rotate(a) => revoke::rotate(a),
+        Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(code) => code,
