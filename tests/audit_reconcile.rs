@@ -577,6 +577,34 @@ async fn admin_audit_endpoints_serve_proofs() {
         .try_into()
         .unwrap();
     assert!(merkle::verify_consistency(2, size, &proof, &r1, &cp2.root));
+    // The records of one crossing, by id.
+    let c = rec1.crossing.clone();
+    let r = call(
+        &admin,
+        Method::GET,
+        &format!("{base}/v1/audit/crossing/{c}"),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(fedgate::audit::export::lines(&r.body)
+        .iter()
+        .all(|l| Record::from_canonical(l).unwrap().crossing == c));
+    assert_eq!(
+        call(
+            &admin,
+            Method::GET,
+            &format!("{base}/v1/audit/crossing/nope"),
+            &[],
+            ""
+        )
+        .await
+        .unwrap()
+        .status,
+        404
+    );
     let r = call(
         &admin,
         Method::GET,

@@ -15,57 +15,61 @@ pub const RECORD_VERSION: u32 = 1;
 /// Largest canonical record: every field is bounded (scopes, ids), so this only stops bugs.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
+/// Fields are declared in the lexicographic order of their JSON names, and every value is a
+/// string, integer, boolean, null, array or (for `revocation`) an object with sorted keys, so
+/// serde_json's compact output *is* the RFC 8785 form (its string escaping is JCS's); a test
+/// checks this against the general canonicalizer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
-    pub v: u32,
-    pub seq: u64,
-    pub time: String,
-    pub domain: String,
-    /// `decision`, `outcome` or `revocation`.
-    pub kind: String,
-    /// `outbound` or `inbound`.
-    pub direction: String,
-    /// The federation token's `jti` (a fresh id for denials without an authentic token).
-    pub crossing: String,
-    /// `allow` or `deny`.
-    pub decision: String,
-    pub reason: Option<String>,
-    pub partner: Option<String>,
     pub agreement: Option<String>,
-    pub source: Option<String>,
-    pub target: Option<String>,
-    pub scope_requested: Vec<String>,
-    pub scope_granted: Vec<String>,
-    pub txn: Option<String>,
-    pub principal: Option<String>,
-    pub chain_digest: Option<String>,
-    pub depth: Option<u64>,
-    pub token_exp: Option<i64>,
-    /// `egress`, `token_exchange`, `ingress` (and for notices `notice`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
     /// Inbound: whether the token's signature verified (only authenticated crossings are
     /// expected in the partner's log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authenticated: Option<bool>,
-    /// Outcome records: the decision record's seq.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
-    pub ref_seq: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
+    pub chain_digest: Option<String>,
+    /// The federation token's `jti` (a fresh id for denials without an authentic token).
+    pub crossing: String,
+    /// `allow` or `deny`.
+    pub decision: String,
+    pub depth: Option<u64>,
+    /// `outbound` or `inbound`.
+    pub direction: String,
+    pub domain: String,
+    /// `decision`, `outcome` or `revocation`.
+    pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// `egress`, `token_exchange`, `ingress` (and for notices `notice`, `admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    pub partner: Option<String>,
+    /// base64url leaf hash of the previous record (empty for seq 0).
+    pub prev: String,
+    pub principal: Option<String>,
+    pub reason: Option<String>,
     /// Outcome records of egress: the partner's `Fedgate-Receipt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_valid: Option<bool>,
+    /// Outcome records: the decision record's seq.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
+    pub ref_seq: Option<u64>,
     /// Revocation records: what was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation: Option<serde_json::Value>,
-    /// base64url leaf hash of the previous record (empty for seq 0).
-    pub prev: String,
+    pub scope_granted: Vec<String>,
+    pub scope_requested: Vec<String>,
+    pub seq: u64,
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub target: Option<String>,
+    pub time: String,
+    pub token_exp: Option<i64>,
+    pub txn: Option<String>,
+    pub v: u32,
 }
 
 impl Record {
@@ -85,8 +89,7 @@ impl Record {
 
     /// The canonical bytes the leaf hash covers.
     pub fn canonical(&self) -> Result<Vec<u8>, String> {
-        let v = serde_json::to_value(self).map_err(|e| e.to_string())?;
-        let b = crate::jcs::canonicalize(&v).map_err(|e| e.to_string())?;
+        let b = serde_json::to_vec(self).map_err(|e| e.to_string())?;
         if b.len() > MAX_RECORD_BYTES {
             return Err(format!("record larger than {MAX_RECORD_BYTES} bytes"));
         }
@@ -118,6 +121,35 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path (serde_json of sorted fields) equals the general RFC 8785 canonicalizer.
+    #[test]
+    fn fast_canonical_form_is_jcs() {
+        let mut r = Record::decision("company.com", "inbound", "c\u{1}\"x/é", false);
+        r.reason = Some("revoked".into());
+        r.scope_requested = vec!["a:*".into(), "b".into()];
+        r.depth = Some(3);
+        r.token_exp = Some(-5);
+        r.ref_seq = Some(9);
+        r.status = Some(200);
+        r.receipt_valid = Some(true);
+        r.revocation =
+            Some(serde_json::json!({"value": "v", "kind": "agent", "until": 0, "domain": "d"}));
+        r.authenticated = Some(false);
+        r.mode = Some("ingress".into());
+        r.latency_ms = Some(12);
+        r.receipt = Some("r\n".into());
+        let jcs = crate::jcs::canonicalize(&serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(
+            String::from_utf8(r.canonical().unwrap()).unwrap(),
+            String::from_utf8(jcs).unwrap()
+        );
+        let d = Record::default();
+        assert_eq!(
+            d.canonical().unwrap(),
+            crate::jcs::canonicalize(&serde_json::to_value(&d).unwrap()).unwrap()
+        );
+    }
 
     #[test]
     fn canonical_round_trip_and_strictness() {

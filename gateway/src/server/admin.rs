@@ -114,6 +114,26 @@ pub async fn records(State(gw): State<Arc<Gateway>>, Query(p): Query<Page>) -> R
     }
 }
 
+/// The records of one crossing (decision, outcome), as JSON Lines.
+pub async fn crossing(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    match gw.log.crossing(&id) {
+        Ok(rs) if rs.is_empty() => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "no records of this crossing"})),
+        )
+            .into_response(),
+        Ok(rs) => {
+            let mut body = String::new();
+            for r in rs {
+                body.push_str(&String::from_utf8_lossy(&r));
+                body.push('\n');
+            }
+            ([(http::header::CONTENT_TYPE, "application/jsonl")], body).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
 /// Inclusion proof of record `seq` in the latest checkpoint.
 pub async fn proof(State(gw): State<Arc<Gateway>>, Path(seq): Path<u64>) -> Response {
     let note = match gw.log.checkpoint_now() {

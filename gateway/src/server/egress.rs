@@ -619,28 +619,40 @@ async fn forward(
     };
     let (parts, incoming) = resp.into_parts();
     outcome.status = Some(parts.status.as_u16());
-    if let Some(receipt) = parts
+    // The decision record was durable before forwarding; the outcome (with the partner's
+    // receipt, verified here) is logged off the response path, still group-committed.
+    let receipt = parts
         .headers
         .get("fedgate-receipt")
         .and_then(|v| v.to_str().ok())
-    {
-        let trust = gw.trust.get();
-        let valid = trust
-            .bundles
-            .get(&partner.trust_domain)
-            .map(|b| crate::federation::receipt::verify_receipt(receipt, b))
-            .map(|r| r.map(|c| c.crossing == crossing))
-            .unwrap_or(Ok(false))
-            .unwrap_or(false);
-        if !valid {
-            tracing::warn!("partner receipt does not verify");
+        .map(String::from);
+    let gw2 = gw.clone();
+    gw.pending_outcomes
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    tokio::spawn(async move {
+        if let Some(receipt) = receipt {
+            let trust = gw2.trust.get();
+            let valid = trust
+                .bundles
+                .get(&partner.trust_domain)
+                .map(|b| {
+                    crate::federation::receipt::verify_receipt(&receipt, b)
+                        .map(|c| c.crossing == crossing)
+                        .unwrap_or(false)
+                })
+                .unwrap_or(false);
+            if !valid {
+                tracing::warn!(crossing = %crossing, "partner receipt does not verify");
+            }
+            outcome.receipt = Some(receipt);
+            outcome.receipt_valid = Some(valid);
         }
-        outcome.receipt = Some(receipt.to_string());
-        outcome.receipt_valid = Some(valid);
-    }
-    if let Err(e) = append(&gw, outcome).await {
-        tracing::error!(error = %e, "could not audit the outcome");
-    }
+        if let Err(e) = append(&gw2, outcome).await {
+            tracing::error!(error = %e, "could not audit the outcome");
+        }
+        gw2.pending_outcomes
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    });
     let mut out = Response::new(proxy::limit_body(incoming, gw.cfg.max_body_bytes));
     *out.status_mut() = parts.status;
     *out.headers_mut() = proxy::strip_response_headers(&parts.headers);

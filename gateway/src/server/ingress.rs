@@ -396,9 +396,9 @@ pub async fn ingress(
         };
         let (parts, incoming) = resp.into_parts();
         outcome.status = Some(parts.status.as_u16());
-        if let Err(e) = append(&gw, outcome).await {
-            tracing::error!(error = %e, "could not audit the outcome");
-        }
+        // The decision was durable before forwarding; the outcome is logged off the response
+        // path (still group-committed).
+        super::append_later(&gw, outcome);
         let mut out = Response::new(proxy::limit_body(incoming, gw.cfg.max_body_bytes));
         *out.status_mut() = parts.status;
         let mut h = proxy::strip_response_headers(&parts.headers);

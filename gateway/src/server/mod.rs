@@ -33,14 +33,22 @@ pub fn base_record(gw: &Gateway, direction: &str, crossing: &str, allow: bool) -
     Record::decision(gw.cfg.trust_domain.as_str(), direction, crossing, allow)
 }
 
-/// Appends durably and indexes the crossing.
+/// Logs an outcome record without holding up the response; shutdown waits for it.
+pub fn append_later(gw: &Arc<Gateway>, rec: Record) {
+    use std::sync::atomic::Ordering;
+    gw.pending_outcomes.fetch_add(1, Ordering::AcqRel);
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        if let Err(e) = append(&gw, rec).await {
+            tracing::error!(error = %e, "could not audit an outcome");
+        }
+        gw.pending_outcomes.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
+/// Appends durably (the log's writer also indexes the crossing).
 pub async fn append(gw: &Gateway, rec: Record) -> Result<Appended, LogError> {
-    let crossing = rec.crossing.clone();
-    let a = gw.log.append(rec).await?;
-    if let Err(e) = gw.state.index_crossing(&crossing, a.seq) {
-        tracing::warn!(error = %e, "crossing index update failed (rebuildable)");
-    }
-    Ok(a)
+    gw.log.append(rec).await
 }
 
 /// Pre-bound listeners (tests and the demo bind `127.0.0.1:0` first to learn the ports).
@@ -101,6 +109,16 @@ impl Running {
                 let _ = tokio::time::timeout(DRAIN_TIMEOUT, g.shutdown()).await;
             }
         }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self
+            .gateway
+            .pending_outcomes
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.gateway.log.shutdown();
         let _ = self.gateway.state.flush();
         tracing::info!("gateway stopped");
@@ -134,6 +152,7 @@ fn admin_router(gw: Arc<Gateway>) -> Router {
         .route("/v1/audit/checkpoint", get(admin::checkpoint))
         .route("/v1/audit/records", get(admin::records))
         .route("/v1/audit/proof/{seq}", get(admin::proof))
+        .route("/v1/audit/crossing/{id}", get(admin::crossing))
         .route("/v1/audit/consistency", get(admin::consistency))
         .route("/v1/revoke", post(admin::revoke))
         .route("/v1/graph", get(admin::graph))

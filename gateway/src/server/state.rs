@@ -229,6 +229,8 @@ pub struct Gateway {
     /// Reload and rotation are serialized.
     pub reload_lock: tokio::sync::Mutex<()>,
     pub life: super::lifecycle::LifeState,
+    /// Outcome records being written off the response path; shutdown waits for them.
+    pub pending_outcomes: std::sync::atomic::AtomicUsize,
 }
 
 impl Gateway {
@@ -265,6 +267,7 @@ impl Gateway {
             partner_clients: RwLock::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             life: Default::default(),
+            pending_outcomes: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

@@ -8,6 +8,7 @@
 //! checkpoint, refuses to open (the gateway fails closed). If a write or sync fails, the log
 //! stops accepting appends (`audit_unavailable`) rather than continue past a gap.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -78,6 +79,9 @@ struct Loc {
 struct Tree {
     tree: MerkleTree,
     locs: Vec<Loc>,
+    /// Crossing id (hashed) → seqs of its records. Rebuilt from the log at open; a lookup reads
+    /// the records and keeps only exact matches, so hash collisions cost a read, not a mistake.
+    index: HashMap<u64, Vec<u64>>,
     checkpoint: Option<(Checkpoint, String)>,
 }
 
@@ -102,6 +106,12 @@ enum Job {
 pub struct AuditLog {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Job>,
+}
+
+/// The index key of a crossing id: the first 8 bytes of its SHA-256.
+fn crossing_key(crossing: &str) -> u64 {
+    let h = crate::crypto::sha256(crossing.as_bytes());
+    u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -202,8 +212,12 @@ fn scan(
 }
 
 /// Checks records against each other: canonical, seq in order, `prev` chained, one domain.
-fn check_records(payloads: &[Vec<u8>], domain: &str) -> Result<MerkleTree, LogError> {
+fn check_records(
+    payloads: &[Vec<u8>],
+    domain: &str,
+) -> Result<(MerkleTree, HashMap<u64, Vec<u64>>), LogError> {
     let mut tree = MerkleTree::new();
+    let mut index: HashMap<u64, Vec<u64>> = HashMap::new();
     for (i, p) in payloads.iter().enumerate() {
         let r =
             Record::from_canonical(p).map_err(|e| LogError::Damaged(format!("record {i}: {e}")))?;
@@ -228,8 +242,12 @@ fn check_records(payloads: &[Vec<u8>], domain: &str) -> Result<MerkleTree, LogEr
             )));
         }
         tree.push(Record::leaf(p));
+        index
+            .entry(crossing_key(&r.crossing))
+            .or_default()
+            .push(i as u64);
     }
-    Ok(tree)
+    Ok((tree, index))
 }
 
 fn checkpoint_path(dir: &Path) -> PathBuf {
@@ -274,7 +292,7 @@ impl AuditLog {
             f.sync_all().map_err(io)?;
             rec.truncated_bytes = len - valid;
         }
-        let tree = check_records(&payloads, domain)?;
+        let (tree, index) = check_records(&payloads, domain)?;
         let cp = load_checkpoint(dir, &origin, key.public().raw())?;
         if let Some((c, _)) = &cp {
             if c.size > tree.len() {
@@ -307,6 +325,7 @@ impl AuditLog {
             state: Mutex::new(Tree {
                 tree,
                 locs,
+                index,
                 checkpoint: cp,
             }),
             segments: Mutex::new(segs),
@@ -419,6 +438,42 @@ impl AuditLog {
             .lock()
             .ok()
             .and_then(|s| s.tree.consistency_proof(m, n))
+    }
+
+    /// The canonical records of one crossing, in log order.
+    pub fn crossing(&self, crossing: &str) -> Result<Vec<Vec<u8>>, LogError> {
+        let (locs, segs) = {
+            let st = self
+                .shared
+                .state
+                .lock()
+                .map_err(|_| LogError::Unavailable)?;
+            let seqs = st
+                .index
+                .get(&crossing_key(crossing))
+                .cloned()
+                .unwrap_or_default();
+            let locs: Vec<Loc> = seqs
+                .iter()
+                .filter_map(|s| st.locs.get(*s as usize).copied())
+                .collect();
+            (
+                locs,
+                self.shared
+                    .segments
+                    .lock()
+                    .map_err(|_| LogError::Unavailable)?
+                    .clone(),
+            )
+        };
+        let needle = format!(
+            "\"crossing\":{}",
+            serde_json::to_string(crossing).unwrap_or_default()
+        );
+        Ok(read_locs(&segs, &locs)?
+            .into_iter()
+            .filter(|r| r.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            .collect())
     }
 
     /// Canonical bytes of records `[from, from + limit)` that are durable.
@@ -605,6 +660,7 @@ impl Writer {
         let mut replies: Vec<(Reply, Result<(), LogError>)> = Vec::with_capacity(batch.len());
         let mut prev = self.last_leaf;
         let mut seq = start_seq;
+        let mut keys: Vec<u64> = Vec::with_capacity(batch.len());
         for (mut r, tx) in batch {
             r.v = RECORD_VERSION;
             r.seq = seq;
@@ -618,6 +674,7 @@ impl Writer {
                         len: bytes.len() as u32,
                     };
                     buf.extend_from_slice(&frame(&bytes));
+                    keys.push(crossing_key(&r.crossing));
                     done.push((leaf, loc));
                     prev = Some(leaf);
                     seq += 1;
@@ -642,11 +699,16 @@ impl Writer {
         }
         self.seg_len += buf.len() as u64;
         self.last_leaf = prev;
+
         let mut results = done.iter();
         if let Ok(mut st) = self.shared.state.lock() {
-            for (leaf, loc) in &done {
+            for (i, (leaf, loc)) in done.iter().enumerate() {
+                let seq = st.tree.len();
                 st.tree.push(*leaf);
                 st.locs.push(*loc);
+                if let Some(k) = keys.get(i) {
+                    st.index.entry(*k).or_default().push(seq);
+                }
             }
         }
         let mut next_seq = start_seq;
@@ -805,6 +867,10 @@ mod tests {
         assert_eq!(log.read(10, 5).unwrap().len(), 5);
         let r = Record::from_canonical(&log.read(49, 1).unwrap()[0]).unwrap();
         assert_eq!(r.seq, 49);
+        let c7 = log.crossing("c7").unwrap();
+        assert_eq!(c7.len(), 1);
+        assert_eq!(Record::from_canonical(&c7[0]).unwrap().crossing, "c7");
+        assert!(log.crossing("c70").unwrap().is_empty());
         let p = log.inclusion_proof(7, 50).unwrap();
         assert!(crate::audit::merkle::verify_inclusion(
             &log.leaf(7).unwrap(),

@@ -1,5 +1,5 @@
-//! Gateway state in sled: the replay cache, revocations, the crossing → seq index of the audit
-//! log, last-good partner bundles and key-rotation state. Everything here is either rebuilt
+//! Gateway state in sled: the replay cache, revocations, last-good partner bundles and queued
+//! revocation notices. Everything here is either rebuilt
 //! from the audit log of record at start (replay cache, index) or flushed before anything that
 //! depends on it is acknowledged (revocations, bundles). See ../shared/INTEGRATION.md on why
 //! sled is not the log of record.
@@ -32,9 +32,7 @@ pub struct Revocation {
 pub struct State {
     db: sled::Db,
     replay: sled::Tree,
-    replay_exp: sled::Tree,
     revocations: sled::Tree,
-    crossings: sled::Tree,
     meta: sled::Tree,
     /// In-memory mirror of revocations, checked on every verification.
     rev_cache: RwLock<HashMap<(String, RevocationKind, String), Instant>>,
@@ -49,9 +47,7 @@ impl State {
         let db = sled::Config::new().path(dir).open().map_err(e)?;
         let s = State {
             replay: db.open_tree("replay").map_err(e)?,
-            replay_exp: db.open_tree("replay_exp").map_err(e)?,
             revocations: db.open_tree("revocations").map_err(e)?,
-            crossings: db.open_tree("crossings").map_err(e)?,
             meta: db.open_tree("meta").map_err(e)?,
             rev_cache: RwLock::new(HashMap::new()),
             db,
@@ -71,7 +67,8 @@ impl State {
     }
 
     /// First use of a token id wins: returns `true` if `jti` was unseen (and is now recorded
-    /// until `exp`), `false` if it was already used.
+    /// until `exp`), `false` if it was already used. One sled operation: the audit log of
+    /// record makes it durable (the cache is rebuilt from it at start).
     pub fn replay_insert(&self, jti: &str, exp: Instant) -> Result<bool, StateError> {
         let r = self
             .replay
@@ -81,22 +78,12 @@ impl State {
                 Some(&exp.to_be_bytes()[..]),
             )
             .map_err(e)?;
-        if r.is_err() {
-            return Ok(false);
-        }
-        let mut k = exp.to_be_bytes().to_vec();
-        k.extend_from_slice(jti.as_bytes());
-        self.replay_exp.insert(k, &[]).map_err(e)?;
-        Ok(true)
+        Ok(r.is_ok())
     }
 
     /// Forgets a token id (when the crossing it started was not made durable).
     pub fn replay_remove(&self, jti: &str) -> Result<(), StateError> {
-        if let Some(v) = self.replay.remove(jti.as_bytes()).map_err(e)? {
-            let mut k = v.to_vec();
-            k.extend_from_slice(jti.as_bytes());
-            self.replay_exp.remove(k).map_err(e)?;
-        }
+        self.replay.remove(jti.as_bytes()).map_err(e)?;
         Ok(())
     }
 
@@ -107,16 +94,19 @@ impl State {
     /// Drops replay entries whose token expired before `now - slack` (a token is refused after
     /// its `exp` anyway). Returns how many were swept.
     pub fn sweep_replay(&self, now: Instant, slack: i64) -> Result<usize, StateError> {
-        let cutoff = (now - slack).to_be_bytes();
+        let cutoff = now - slack;
         let mut n = 0;
-        for item in self.replay_exp.range(..cutoff.to_vec()) {
-            let (k, _) = item.map_err(e)?;
-            if k.len() < 8 {
-                continue;
+        for item in self.replay.iter() {
+            let (k, v) = item.map_err(e)?;
+            let exp = v
+                .as_ref()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .unwrap_or(i64::MIN);
+            if exp < cutoff {
+                self.replay.remove(&k).map_err(e)?;
+                n += 1;
             }
-            self.replay.remove(&k[8..]).map_err(e)?;
-            self.replay_exp.remove(&k).map_err(e)?;
-            n += 1;
         }
         Ok(n)
     }
@@ -142,30 +132,6 @@ impl State {
             .iter()
             .filter_map(|i| i.ok())
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect()
-    }
-
-    /// Notes that `crossing` has a record at `seq` (the index is rebuilt from the log at start).
-    pub fn index_crossing(&self, crossing: &str, seq: u64) -> Result<(), StateError> {
-        let mut k = crossing.as_bytes().to_vec();
-        k.push(0);
-        k.extend_from_slice(&seq.to_be_bytes());
-        self.crossings.insert(k, &[]).map_err(e)?;
-        Ok(())
-    }
-
-    /// The seqs of a crossing's records.
-    pub fn crossing_seqs(&self, crossing: &str) -> Vec<u64> {
-        let mut p = crossing.as_bytes().to_vec();
-        p.push(0);
-        self.crossings
-            .scan_prefix(&p)
-            .filter_map(|i| i.ok())
-            .filter_map(|(k, _)| {
-                k.get(p.len()..)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-            })
             .collect()
     }
 
@@ -284,9 +250,5 @@ mod tests {
         assert!(s.is_revoked("company.com", RevocationKind::Task, "t", 99));
         assert!(!s.is_revoked("company.com", RevocationKind::Task, "t", 100));
         assert_eq!(s.revocations().len(), 2);
-        s.index_crossing("c1", 3).unwrap();
-        s.index_crossing("c1", 9).unwrap();
-        assert_eq!(s.crossing_seqs("c1"), vec![3, 9]);
-        assert!(s.crossing_seqs("c").is_empty());
     }
 }
