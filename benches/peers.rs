@@ -87,7 +87,7 @@ fn eddsa_depth3(now: i64) -> (BundleSet, String) {
     let c = chain::extend(
         &c,
         &pkey,
-        &[svid.cert_der.clone()],
+        std::slice::from_ref(&svid.cert_der),
         &planning,
         &inventory,
         &ScopeSet::parse_list(&["cloud:read"]).unwrap(),
