@@ -74,9 +74,7 @@ impl LocalPolicy {
     /// The deny messages for `input` (empty: allow). Errors and timeouts are errors; callers
     /// deny on them.
     pub fn deny_messages(&self, input: &serde_json::Value) -> Result<Vec<String>, RegoError> {
-        let text = serde_json::to_string(input).map_err(|e| RegoError::Eval(e.to_string()))?;
-        let value =
-            regorus::Value::from_json_str(&text).map_err(|e| RegoError::Eval(e.to_string()))?;
+        let value = regorus::Value::from(input.clone());
         let out = self
             .compiled
             .eval_with_input(value)
