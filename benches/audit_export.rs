@@ -20,11 +20,22 @@ fn main() {
     let mut jsonl = Vec::with_capacity(N * 600);
     let mut leaves = Vec::with_capacity(N);
     for i in 0..N {
-        let mut r = Record::decision("company.com", if i % 2 == 0 { "outbound" } else { "inbound" }, &fedgate::crypto::random_id(), i % 7 != 0);
+        let mut r = Record::decision(
+            "company.com",
+            if i % 2 == 0 { "outbound" } else { "inbound" },
+            &fedgate::crypto::random_id(),
+            i % 7 != 0,
+        );
         r.seq = i as u64;
-        r.prev = leaves.last().map(|l: &merkle::Hash| fedgate::crypto::b64url(l)).unwrap_or_default();
+        r.prev = leaves
+            .last()
+            .map(|l: &merkle::Hash| fedgate::crypto::b64url(l))
+            .unwrap_or_default();
         r.partner = Some("vendor.example".into());
-        r.agreement = Some(format!("company-vendor-analytics@sha256:{}", "ab".repeat(32)));
+        r.agreement = Some(format!(
+            "company-vendor-analytics@sha256:{}",
+            "ab".repeat(32)
+        ));
         r.source = Some("spiffe://company.com/agent/planning/p1".into());
         r.target = Some("spiffe://vendor.example/agent/analytics/a1".into());
         r.scope_requested = vec!["analytics:*".into(), "cloud:read".into()];
@@ -40,16 +51,29 @@ fn main() {
         jsonl.extend_from_slice(&b);
         jsonl.push(b'\n');
     }
-    let note = Checkpoint { origin: checkpoint::origin_of("company.com"), size: N as u64, root: merkle::root_of(&leaves) }.sign(&d.audit_key).unwrap();
+    let note = Checkpoint {
+        origin: checkpoint::origin_of("company.com"),
+        size: N as u64,
+        root: merkle::root_of(&leaves),
+    }
+    .sign(&d.audit_key)
+    .unwrap();
     let bundles = DevDomain::bundle_set(&[&d]);
-    println!("built {N} records ({} MB) in {:.1} s", jsonl.len() / 1_000_000, t0.elapsed().as_secs_f64());
+    println!(
+        "built {N} records ({} MB) in {:.1} s",
+        jsonl.len() / 1_000_000,
+        t0.elapsed().as_secs_f64()
+    );
     let mut times = Vec::new();
     for run in 1..=3 {
         let t = Instant::now();
         let e = export::verify(&jsonl, &note, &bundles).unwrap();
         let s = t.elapsed().as_secs_f64();
         assert_eq!(e.records.len(), N);
-        println!("audit_export_verify/1M run {run}: {s:.2} s ({:.0} records/s)", N as f64 / s);
+        println!(
+            "audit_export_verify/1M run {run}: {s:.2} s ({:.0} records/s)",
+            N as f64 / s
+        );
         times.push(s);
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -239,6 +239,14 @@ fn two_domains_sign_and_explain() {
     );
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["details"]["granted"], serde_json::json!(["analytics:*"]));
+    assert_eq!(v["details"]["decision_record"]["result"], "allow");
+    assert_eq!(
+        v["details"]["decision_record"]["input_digest"]
+            .as_str()
+            .unwrap()
+            .len(),
+        43
+    );
     let (code, v) = explain(
         "spiffe://vendor.example/agent/analytics/a1",
         "pii:customers:read",

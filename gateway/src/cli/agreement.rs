@@ -296,7 +296,10 @@ pub fn run(cmd: AgreementCmd) -> CliResult {
                 links: &summary.links,
                 now,
             };
+            let t0 = std::time::Instant::now();
             let d = decide_among([&a], &req);
+            let record =
+                crate::agreement::DecisionRecord::new(&req, &d, t0.elapsed().as_nanos() as u64);
             let details = serde_json::json!({
                 "agreement": d.agr,
                 "flow": d.flow,
@@ -306,6 +309,7 @@ pub fn run(cmd: AgreementCmd) -> CliResult {
                 "held": summary.scope.to_strings(),
                 "depth": summary.depth,
                 "note": verified_note,
+                "decision_record": serde_json::to_value(&record).unwrap_or_default(),
             });
             explain_out(
                 json,

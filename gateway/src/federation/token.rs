@@ -357,7 +357,13 @@ pub fn verify_token(token: &str, ctx: &TokenContext<'_>) -> Result<VerifiedToken
         links: &[],
         now: ctx.now,
     };
+    let t0 = std::time::Instant::now();
     let decision = decide_among([agreement.as_ref()], &req);
+    if tracing::enabled!(target: "fedgate::decisions", tracing::Level::DEBUG) {
+        let rec =
+            crate::agreement::DecisionRecord::new(&req, &decision, t0.elapsed().as_nanos() as u64);
+        tracing::debug!(target: "fedgate::decisions", decision = %serde_json::to_string(&rec).unwrap_or_default());
+    }
     if !decision.allow {
         let r = decision.reason.unwrap_or(Reason::RuleDenied);
         return Err(authentic(r, decision.message));

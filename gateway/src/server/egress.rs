@@ -154,7 +154,9 @@ pub async fn authorize(
         &requested,
         now,
     );
+    let t0 = std::time::Instant::now();
     let decision = decide_among(trust.agreements.iter().map(|a| a.as_ref()), &req);
+    super::log_decision(&req, &decision, t0.elapsed());
     rec.agreement = decision.agr.clone();
     if !decision.allow {
         let r = decision.reason.unwrap_or(Reason::RuleDenied);

@@ -33,6 +33,19 @@ pub fn base_record(gw: &Gateway, direction: &str, crossing: &str, allow: bool) -
     Record::decision(gw.cfg.trust_domain.as_str(), direction, crossing, allow)
 }
 
+/// Emits an OPA-style decision-log entry (target `fedgate::decisions`) when that target is
+/// enabled, e.g. `FEDGATE_LOG=info,fedgate::decisions=debug`.
+pub fn log_decision(
+    req: &crate::agreement::CrossingRequest<'_>,
+    d: &crate::agreement::Decision,
+    took: Duration,
+) {
+    if tracing::enabled!(target: "fedgate::decisions", tracing::Level::DEBUG) {
+        let rec = crate::agreement::DecisionRecord::new(req, d, took.as_nanos() as u64);
+        tracing::debug!(target: "fedgate::decisions", decision = %serde_json::to_string(&rec).unwrap_or_default());
+    }
+}
+
 /// Logs an outcome record without holding up the response; shutdown waits for it.
 pub fn append_later(gw: &Arc<Gateway>, rec: Record) {
     use std::sync::atomic::Ordering;
