@@ -89,6 +89,12 @@ impl PartialEq for VerifyingKey {
 impl VerifyingKey {
     /// A P-256 public key from its uncompressed SEC1 point (65 bytes).
     pub fn p256_from_point(point: &[u8]) -> Result<Self, JoseError> {
+        // Uncompressed points only: JWKs carry x and y, and the thumbprint needs both.
+        if point.len() != 65 || point[0] != 4 {
+            return Err(JoseError::Key(
+                "P-256 key must be an uncompressed point (65 bytes)".into(),
+            ));
+        }
         let k = UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
             .parse()
             .map_err(|e| JoseError::Key(format!("P-256 point rejected: {e}")))?;

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -21,103 +21,16 @@ use hyper_util::rt::TokioExecutor;
 pub const CO: &str = "company.com";
 pub const VE: &str = "vendor.example";
 
+/// The demo's agreement (flows planning -> analytics and analytics -> report) with these ports.
 pub fn agreement_text(co_fed: SocketAddr, ve_fed: SocketAddr, now: i64) -> String {
-    let from = fedgate::time::format_rfc3339(now - 86_400);
-    let until = fedgate::time::format_rfc3339(now + 365 * 86_400);
-    format!(
-        r#"id = "company-vendor-analytics"
-version = 1
-valid_from = {from}
-valid_until = {until}
-max_chain_depth = 5
-max_token_ttl = "15m"
-clock_skew = "30s"
-
-[[domains]]
-trust_domain = "company.com"
-gateway_id = "spiffe://company.com/gateway"
-gateway_url = "https://{co_fed}"
-bundle_endpoint = "https://{co_fed}/bundle"
-disclosure = {{ principal = "pseudonymous", chain = "digest" }}
-
-[[domains]]
-trust_domain = "vendor.example"
-gateway_id = "spiffe://vendor.example/gateway"
-gateway_url = "https://{ve_fed}"
-bundle_endpoint = "https://{ve_fed}/bundle"
-disclosure = {{ principal = "none", chain = "full" }}
-
-[[flows]]
-from = "spiffe://company.com/agent/planning/*"
-to = "spiffe://vendor.example/agent/analytics/*"
-max_scope = ["analytics:*", "pii:customers:read"]
-requires_approval = ["pii:*"]
-approval_max_age = "1h"
-
-[[flows.routes]]
-method = "POST"
-path = "/analytics/*"
-scope = "analytics:*"
-
-[[flows.routes]]
-method = "GET"
-path = "/customers/*"
-scope = "pii:customers:read"
-
-[[flows]]
-from = "spiffe://vendor.example/agent/analytics/*"
-to = "spiffe://company.com/agent/report/*"
-max_scope = ["analytics:report-back"]
-
-[[flows.routes]]
-method = "POST"
-path = "/reports/*"
-scope = "analytics:report-back"
-"#
-    )
+    fedgate::demo::agreement(co_fed, ve_fed, now)
 }
 
-/// What an upstream service saw.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
+pub use fedgate::demo::Upstream;
 
 /// A plain-HTTP loopback upstream that records every request.
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
-}
-
 pub async fn upstream() -> Upstream {
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let app = axum::Router::new().fallback(move |req: http::Request<Body>| {
-        let s = s.clone();
-        async move {
-            let (parts, body) = req.into_parts();
-            let body = http_body_util::BodyExt::collect(body)
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            s.lock().unwrap().push(Seen {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_string(),
-                headers: parts.headers.clone(),
-                body,
-            });
-            axum::Json(serde_json::json!({"ok": true, "path": parts.uri.path()}))
-        }
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
-    Upstream { addr, seen }
+    fedgate::demo::upstream("test upstream").await.unwrap()
 }
 
 pub struct Domain {

@@ -48,20 +48,8 @@ pub struct Authorized {
 }
 
 /// Writes a deny record and returns the denial.
-async fn refuse(gw: &Gateway, mut rec: Record, reason: Reason, message: String) -> Denial {
-    rec.decision = "deny".into();
-    rec.reason = Some(reason.code().into());
-    gw.metrics.inc(
-        "fedgate_crossings_total",
-        &[("direction", "outbound"), ("decision", "deny")],
-    );
-    gw.metrics
-        .inc("fedgate_denials_total", &[("reason", reason.code())]);
-    let crossing = rec.crossing.clone();
-    if let Err(e) = append(gw, rec).await {
-        tracing::error!(crossing = %crossing, error = %e, "could not audit a denial");
-    }
-    Denial::new(reason, message, &crossing).described()
+async fn refuse(gw: &Gateway, rec: Record, reason: Reason, message: String) -> Denial {
+    super::deny(gw, rec, reason, message).await.described()
 }
 
 /// Verifies the chain (cached by digest), that the peer holds it, and that the agreement and

@@ -26,20 +26,8 @@ use crate::scope::ScopeSet;
 /// Longest request path accepted at ingress.
 pub const MAX_PATH_BYTES: usize = 2048;
 
-async fn refuse(gw: &Gateway, mut rec: Record, reason: Reason, message: String) -> Response {
-    rec.decision = "deny".into();
-    rec.reason = Some(reason.code().into());
-    gw.metrics.inc(
-        "fedgate_crossings_total",
-        &[("direction", "inbound"), ("decision", "deny")],
-    );
-    gw.metrics
-        .inc("fedgate_denials_total", &[("reason", reason.code())]);
-    let crossing = rec.crossing.clone();
-    if let Err(e) = append(gw, rec).await {
-        tracing::error!(crossing = %crossing, error = %e, "could not audit a denial");
-    }
-    Denial::new(reason, message, &crossing).into_response()
+async fn refuse(gw: &Gateway, rec: Record, reason: Reason, message: String) -> Response {
+    super::deny(gw, rec, reason, message).await.into_response()
 }
 
 /// A path a route can be matched against without ambiguity: no dot segments, no empty

@@ -33,6 +33,34 @@ pub fn base_record(gw: &Gateway, direction: &str, crossing: &str, allow: bool) -
     Record::decision(gw.cfg.trust_domain.as_str(), direction, crossing, allow)
 }
 
+/// Audits a denial (the record's `direction` names it in the metrics) and returns it. A denial
+/// that cannot be audited is still a denial; the failure is logged.
+pub async fn deny(
+    gw: &Gateway,
+    mut rec: Record,
+    reason: crate::reason::Reason,
+    message: String,
+) -> deny::Denial {
+    rec.decision = "deny".into();
+    rec.reason = Some(reason.code().into());
+    let direction = if rec.direction == "inbound" {
+        "inbound"
+    } else {
+        "outbound"
+    };
+    gw.metrics.inc(
+        "fedgate_crossings_total",
+        &[("direction", direction), ("decision", "deny")],
+    );
+    gw.metrics
+        .inc("fedgate_denials_total", &[("reason", reason.code())]);
+    let crossing = rec.crossing.clone();
+    if let Err(e) = append(gw, rec).await {
+        tracing::error!(crossing = %crossing, error = %e, "could not audit a denial");
+    }
+    deny::Denial::new(reason, message, &crossing)
+}
+
 /// Emits an OPA-style decision-log entry (target `fedgate::decisions`) when that target is
 /// enabled, e.g. `FEDGATE_LOG=info,fedgate::decisions=debug`.
 pub fn log_decision(
