@@ -64,20 +64,11 @@ async fn story(f: &Federation) {
         "scope_escalation"
     );
     // Token exchange, direct use, replay refused.
-    let form = serde_urlencoded::to_string([
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
-        ("subject_token", chain.as_str()),
-        (
-            "subject_token_type",
-            "urn:fedgate:token-type:delegation-chain",
-        ),
-        ("audience", "spiffe://vendor.example/agent/analytics/a1"),
-        ("scope", "analytics:run"),
-    ])
-    .unwrap();
+    let form = fedgate::demo::exchange_form(
+        &chain,
+        "spiffe://vendor.example/agent/analytics/a1",
+        "analytics:run",
+    );
     let r = call(
         &c,
         Method::POST,

@@ -260,20 +260,11 @@ async fn token_exchange_then_direct_use_with_cnf_and_replay_across_restart() {
         "task-direct",
     );
     let c = agent_client(&f.co, "planning/p1", &f.co);
-    let form = serde_urlencoded::to_string([
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
-        ("subject_token", chain.as_str()),
-        (
-            "subject_token_type",
-            "urn:fedgate:token-type:delegation-chain",
-        ),
-        ("audience", "spiffe://vendor.example/agent/analytics/a1"),
-        ("scope", "analytics:run analytics:report-back"),
-    ])
-    .unwrap();
+    let form = fedgate::demo::exchange_form(
+        &chain,
+        "spiffe://vendor.example/agent/analytics/a1",
+        "analytics:run analytics:report-back",
+    );
     let r = call(
         &c,
         Method::POST,

@@ -373,20 +373,11 @@ async fn revocation_propagates_to_the_partner_and_is_retried() {
     );
     // A cnf-bound token issued before the revocation.
     let c = agent_client(&f.co, "planning/p1", &f.co);
-    let form = serde_urlencoded::to_string([
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
-        ("subject_token", chain.as_str()),
-        (
-            "subject_token_type",
-            "urn:fedgate:token-type:delegation-chain",
-        ),
-        ("audience", "spiffe://vendor.example/agent/analytics/a1"),
-        ("scope", "analytics:run"),
-    ])
-    .unwrap();
+    let form = fedgate::demo::exchange_form(
+        &chain,
+        "spiffe://vendor.example/agent/analytics/a1",
+        "analytics:run",
+    );
     let r = call(
         &c,
         Method::POST,
