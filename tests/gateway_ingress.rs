@@ -398,6 +398,11 @@ async fn token_exchange_then_direct_use_with_cnf_and_replay_across_restart() {
         ),
         (400, Some("invalid_request"), "malformed")
     );
+    // ...and audited like every denial.
+    assert!(records(f.co_gw())
+        .iter()
+        .any(|r| r.mode.as_deref() == Some("token_exchange")
+            && r.reason.as_deref() == Some("malformed")));
     let wrong = form.replace("analytics%2Fa1", "worker%2Fw1");
     let r = call(
         &c,

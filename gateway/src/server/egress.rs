@@ -306,6 +306,43 @@ fn form_param<'a>(form: &'a HashMap<String, String>, k: &str) -> Option<&'a str>
     form.get(k).map(|s| s.as_str())
 }
 
+/// The token-exchange form: (subject_token, audience, scope), or why it is refused.
+fn token_form(bytes: &[u8]) -> Result<(String, String, String), String> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(bytes).map_err(|e| format!("not a form: {e}"))?;
+    let mut form = HashMap::new();
+    for (k, v) in pairs {
+        if form.insert(k.clone(), v).is_some() {
+            return Err(format!("parameter {k} appears more than once"));
+        }
+    }
+    if form_param(&form, "grant_type") != Some(GRANT_TYPE) {
+        return Err("grant_type must be urn:ietf:params:oauth:grant-type:token-exchange".into());
+    }
+    if form_param(&form, "subject_token_type") != Some(SUBJECT_TOKEN_TYPE) {
+        return Err("subject_token_type must be urn:fedgate:token-type:delegation-chain".into());
+    }
+    if form.contains_key("actor_token") {
+        return Err("actor_token is not supported: the chain names every actor".into());
+    }
+    if let Some(t) = form_param(&form, "requested_token_type") {
+        if t != ISSUED_TOKEN_TYPE {
+            return Err("requested_token_type must be urn:ietf:params:oauth:token-type:jwt".into());
+        }
+    }
+    match (
+        form_param(&form, "subject_token"),
+        form_param(&form, "audience"),
+    ) {
+        (Some(c), Some(a)) => Ok((
+            c.trim().to_string(),
+            a.to_string(),
+            form_param(&form, "scope").unwrap_or("").to_string(),
+        )),
+        _ => Err("subject_token and audience are required".into()),
+    }
+}
+
 /// `POST /v1/token`: RFC 8693 token exchange.
 pub async fn token(
     State(gw): State<Arc<Gateway>>,
@@ -313,63 +350,34 @@ pub async fn token(
     body: Body,
 ) -> Response {
     let now = crate::time::now();
-    let crossing = crate::crypto::random_id();
-    let bad = |m: &str| {
-        Denial::new(Reason::Malformed, m, &crossing)
-            .oauth()
-            .into_response()
-    };
-    let bytes = match proxy::read_body(body, MAX_FORM_BYTES).await {
-        Ok(b) => b,
+    let mut rec = base_record(&gw, "outbound", &crate::crypto::random_id(), false);
+    rec.mode = Some("token_exchange".into());
+    rec.source = conn.peer.as_ref().map(|p| p.id.to_string());
+    let (chain, audience, scope) = match proxy::read_body(body, MAX_FORM_BYTES).await {
         Err(proxy::BodyError::TooLarge) => {
-            return Denial::new(Reason::TooLarge, "form too large", &crossing)
+            return refuse(&gw, rec, Reason::TooLarge, "form too large".into())
+                .await
                 .oauth()
                 .into_response()
         }
-        Err(proxy::BodyError::Read(e)) => return bad(&e),
-    };
-    let pairs: Vec<(String, String)> = match serde_urlencoded::from_bytes(&bytes) {
-        Ok(p) => p,
-        Err(e) => return bad(&format!("not a form: {e}")),
-    };
-    let mut form = HashMap::new();
-    for (k, v) in pairs {
-        if form.insert(k.clone(), v).is_some() {
-            return bad(&format!("parameter {k} appears more than once"));
+        Err(proxy::BodyError::Read(e)) => {
+            return refuse(&gw, rec, Reason::Malformed, e)
+                .await
+                .oauth()
+                .into_response()
         }
-    }
-    if form_param(&form, "grant_type") != Some(GRANT_TYPE) {
-        return bad("grant_type must be urn:ietf:params:oauth:grant-type:token-exchange");
-    }
-    if form_param(&form, "subject_token_type") != Some(SUBJECT_TOKEN_TYPE) {
-        return bad("subject_token_type must be urn:fedgate:token-type:delegation-chain");
-    }
-    if form.contains_key("actor_token") {
-        return bad("actor_token is not supported: the chain names every actor");
-    }
-    if let Some(t) = form_param(&form, "requested_token_type") {
-        if t != ISSUED_TOKEN_TYPE {
-            return bad("requested_token_type must be urn:ietf:params:oauth:token-type:jwt");
-        }
-    }
-    let (Some(chain), Some(audience)) = (
-        form_param(&form, "subject_token"),
-        form_param(&form, "audience"),
-    ) else {
-        return bad("subject_token and audience are required");
+        Ok(bytes) => match token_form(&bytes) {
+            Ok(f) => f,
+            Err(m) => {
+                return refuse(&gw, rec, Reason::Malformed, m)
+                    .await
+                    .oauth()
+                    .into_response()
+            }
+        },
     };
-    let scope = form_param(&form, "scope").unwrap_or("");
-    let mut a = match authorize(
-        &gw,
-        &conn,
-        chain.trim(),
-        audience,
-        scope,
-        "token_exchange",
-        now,
-    )
-    .await
-    {
+    let (chain, audience, scope) = (chain.as_str(), audience.as_str(), scope.as_str());
+    let mut a = match authorize(&gw, &conn, chain, audience, scope, "token_exchange", now).await {
         Ok(a) => a,
         Err(d) => return d.oauth().into_response(),
     };

@@ -423,25 +423,33 @@ pub async fn revocations(
 ) -> Response {
     let now = crate::time::now();
     let crossing = crate::crypto::random_id();
+    // Refused notices are audited like any denial.
+    let mut refused = base_record(&gw, "inbound", &crossing, false);
+    refused.kind = "revocation".into();
+    refused.mode = Some("notice".into());
+    refused.partner = conn
+        .peer
+        .as_ref()
+        .map(|p| p.id.trust_domain_str().to_string());
+    refused.source = conn.peer.as_ref().map(|p| p.id.to_string());
     let Some(peer) = conn.peer.clone() else {
-        return Denial::new(
+        return refuse(
+            &gw,
+            refused,
             Reason::BadSvid,
-            "a client certificate is required",
-            &crossing,
+            "a client certificate is required".into(),
         )
-        .into_response();
+        .await;
     };
     let bytes = match proxy::read_body(body, crate::jose::MAX_JWS_BYTES).await {
         Ok(b) => b,
-        Err(_) => {
-            return Denial::new(Reason::TooLarge, "notice too large", &crossing).into_response()
-        }
+        Err(_) => return refuse(&gw, refused, Reason::TooLarge, "notice too large".into()).await,
     };
     let text = String::from_utf8_lossy(&bytes).to_string();
     let trust = gw.trust.get();
     let (claims, iss) = match crate::federation::notice::verify_notice(&text, &trust.bundles) {
         Ok(x) => x,
-        Err(e) => return Denial::new(Reason::BadSignature, e, &crossing).into_response(),
+        Err(e) => return refuse(&gw, refused, Reason::BadSignature, e).await,
     };
     // Only a partner's gateway, over its own connection, may revoke in its domain.
     let is_gateway = trust.agreements.iter().any(|a| {
@@ -451,12 +459,13 @@ pub async fn revocations(
                 .unwrap_or(false)
     });
     if iss != peer.id || !is_gateway {
-        return Denial::new(
+        return refuse(
+            &gw,
+            refused,
             Reason::IssuerMismatch,
-            "notices come from the partner gateway itself",
-            &crossing,
+            "notices come from the partner gateway itself".into(),
         )
-        .into_response();
+        .await;
     }
     let r = crate::store::Revocation {
         domain: iss.trust_domain_str().to_string(),
