@@ -327,3 +327,41 @@ fn conformance_files_through_the_cli() {
         assert_eq!(code(&o), want, "{f}");
     }
 }
+
+#[test]
+fn rotate_stages_one_key_at_a_time() {
+    let t = tempfile::tempdir().unwrap();
+    init(t.path(), "company.com");
+    let data = t.path().join("company.com/data");
+    let o = fedgate(&["rotate", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("rotation.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["phase"], "requested");
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::path::PathBuf::from(r["key"].as_str().unwrap());
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(fedgate::files::read_signing_key(&key).is_ok());
+    // A second rotation while one is in progress is refused.
+    let o = fedgate(&["rotate", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in progress"));
+    // revoke without credentials in the current directory: a clear usage error.
+    let o = Command::new(env!("CARGO_BIN_EXE_fedgate"))
+        .current_dir(t.path())
+        .args([
+            "revoke",
+            "--admin-url",
+            "https://127.0.0.1:1",
+            "--agent",
+            "spiffe://company.com/agent/x/y",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2);
+    no_panic(&o);
+}

@@ -24,7 +24,8 @@ pub struct RevokeArgs {
     /// Revoke until this RFC 3339 time (default: for good).
     #[arg(long)]
     pub until: Option<String>,
-    /// An `fedgate init` directory: uses admin.pem, keys/admin.key and bundles/.
+    /// An `fedgate init` directory: uses admin.pem, keys/admin.key and bundles/ (default: the
+    /// current directory, unless --cert/--key/--bundles are given).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Admin X509-SVID (instead of --dir).
@@ -57,13 +58,18 @@ pub fn revoke(a: RevokeArgs) -> CliResult {
         None => 0,
     };
     let (cert, key, bundles) = match (&a.dir, &a.cert, &a.key, &a.bundles) {
-        (Some(d), None, None, None) => (
-            d.join("admin.pem"),
-            d.join("keys/admin.key"),
-            d.join("bundles"),
-        ),
+        (d, None, None, None) => {
+            let d = d.clone().unwrap_or_else(|| PathBuf::from("."));
+            (
+                d.join("admin.pem"),
+                d.join("keys/admin.key"),
+                d.join("bundles"),
+            )
+        }
         (None, Some(c), Some(k), Some(b)) => (c.clone(), k.clone(), b.clone()),
-        _ => return Err(usage("give --dir, or all of --cert, --key and --bundles")),
+        _ => return Err(usage(
+            "give --dir (default: the current directory), or all of --cert, --key and --bundles",
+        )),
     };
     let set = load_bundles(&bundles)?;
     let chain = crate::files::read_pem_certs(&cert).map_err(usage)?;
