@@ -13,6 +13,7 @@
 #
 # Usage: bench/crossing.sh [SECONDS_PER_RUN]   (default 10; the whole run takes ~2-3 minutes
 # plus the release build). Installs nginx and wrk from Debian if missing. Cleans up after itself.
+# FEDGATE_SERVE_LOG=info and KEEP_LOGS=DIR keep both gateways' logs and a timeline of the runs.
 # FEDGATE_BIN=path uses a prebuilt binary (e.g. one built with frame pointers for profiling).
 # PROFILE=FILE also samples both gateways with perf during the flat-out run and writes the
 # hottest symbols to FILE.
@@ -39,6 +40,7 @@ fi
 T=$(mktemp -d)
 PIDS=()
 cleanup() {
+  [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp "$T"/*.log "$KEEP_LOGS"/ 2>/dev/null
   for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
   for c in "$T"/nginx-*.conf; do [ -f "$c" ] && "$NGINX" -c "$c" -s stop 2>/dev/null || true; done
   sleep 0.5
@@ -126,8 +128,8 @@ EOF
 mkconf up "server { listen 127.0.0.1:$P_UP; location / { return 200 'ok'; } }"
 
 # fedgate pair.
-FEDGATE_LOG=error $FG serve --config "$T/co/gateway.toml" 2>"$T/co.log" & PIDS+=($!)
-FEDGATE_LOG=error $FG serve --config "$T/ve/gateway.toml" 2>"$T/ve.log" & PIDS+=($!)
+FEDGATE_LOG=${FEDGATE_SERVE_LOG:-error} $FG serve --config "$T/co/gateway.toml" 2>"$T/co.log" & PIDS+=($!)
+FEDGATE_LOG=${FEDGATE_SERVE_LOG:-error} $FG serve --config "$T/ve/gateway.toml" 2>"$T/ve.log" & PIDS+=($!)
 
 # nginx pair: A and B with mTLS between C, A and B, using vendor.example's dev PKI.
 CA=$T/ve/ca.pem
@@ -193,7 +195,9 @@ for r in "${RATES[@]}" flat; do
     PERF=$!
   fi
   cpu0=$(cpu_ms)
+  echo "$(date +%T.%N) start fedgate $label" >> "$T/timeline.log"
   read -r f_rps f_p50 f_p99 f_bad < <(run "http://127.0.0.1:$P_C1/analytics" "$d" "$c")
+  echo "$(date +%T.%N) end fedgate $label" >> "$T/timeline.log"
   cpu1=$(cpu_ms)
   if [ -n "${PERF:-}" ]; then
     wait "$PERF" || true

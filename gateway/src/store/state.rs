@@ -44,7 +44,14 @@ fn rev_key(domain: &str, kind: RevocationKind, value: &str) -> Vec<u8> {
 
 impl State {
     pub fn open(dir: &Path) -> Result<State, StateError> {
-        let db = sled::Config::new().path(dir).open().map_err(e)?;
+        // No periodic flush: what must be durable is flushed explicitly (revocations, bundles,
+        // notices), and the replay cache is rebuilt from the audit log of record at start, so
+        // sled's background fsyncs would only compete with the audit log's.
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .map_err(e)?;
         let s = State {
             replay: db.open_tree("replay").map_err(e)?,
             revocations: db.open_tree("revocations").map_err(e)?,
