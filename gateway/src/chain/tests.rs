@@ -707,3 +707,59 @@ fn minting_refuses_escalation() {
     )
     .is_err());
 }
+
+#[test]
+fn gateways_require_internal_chains_to_stay_in_their_domain() {
+    let fx = fx();
+    let analytics = fx.vendor.agent("analytics", "a1", NOW - 60).unwrap();
+    let c = issue(
+        &fx.co.idp_key,
+        &fx.co.idp_id,
+        "alice@company.com",
+        &fx.planning.id,
+        &scopes(&["analytics:*"]),
+        "t",
+        NOW,
+        600,
+    )
+    .unwrap();
+    // planning hands its chain straight to a vendor agent, which hands it back to inventory.
+    let c = extend(
+        &c,
+        &fx.planning.key,
+        &fx.planning.certs,
+        &fx.planning.id,
+        &analytics.id,
+        &scopes(&["analytics:*"]),
+        NOW,
+        600,
+    )
+    .unwrap();
+    let c = extend(
+        &c,
+        &analytics.key,
+        &analytics.certs,
+        &analytics.id,
+        &fx.inventory.id,
+        &scopes(&["analytics:run"]),
+        NOW,
+        600,
+    )
+    .unwrap();
+    // Rules 1-8 alone accept it (both domains' bundles are trusted)...
+    assert!(verify(&fx, &c).is_ok());
+    // ...a gateway does not: the delegation left company.com without a crossing.
+    let p = Policy {
+        one_domain: true,
+        ..Policy::default()
+    };
+    let r = UnverifiedChain::parse(&c)
+        .unwrap()
+        .verify(&fx.bundles, &p, &NoRevocations, NOW);
+    assert_eq!(reason(r), (Reason::BrokenLink, Some(2)));
+    // An all-internal chain passes the same policy.
+    assert!(UnverifiedChain::parse(&seed_chain(&fx))
+        .unwrap()
+        .verify(&fx.bundles, &p, &NoRevocations, NOW)
+        .is_ok());
+}

@@ -32,6 +32,9 @@ pub struct Policy {
     /// Gateways whose crossing links may root a chain. `None`: the conventional
     /// `spiffe://<td>/gateway` of the target's own trust domain.
     pub gateways: Option<Vec<SpiffeId>>,
+    /// Every agent of the chain must be of the root's trust domain: an internal chain does not
+    /// pass through another organization's agents except by a crossing (the gateway sets this).
+    pub one_domain: bool,
 }
 
 impl Default for Policy {
@@ -41,6 +44,7 @@ impl Default for Policy {
             skew: super::DEFAULT_CLOCK_SKEW,
             idps: None,
             gateways: None,
+            one_domain: false,
         }
     }
 }
@@ -517,6 +521,18 @@ impl<'a> UnverifiedChain<'a> {
                     }
                     if sub_agent.is_none() {
                         return Err(malformed(i, "only the root link may grant to a human"));
+                    }
+                    if policy.one_domain {
+                        if let Some(a) = &sub_agent {
+                            if a.trust_domain_str() != root_domain {
+                                return Err(ChainError::at(
+                                    i,
+                                    ChainErrorKind::BrokenLink(format!(
+                                        "{a} is not of {root_domain}: a delegation leaves the domain only through a crossing"
+                                    )),
+                                ));
+                            }
+                        }
                     }
                     if claims.crossing.is_some() || claims.dep.is_some() {
                         return Err(malformed(

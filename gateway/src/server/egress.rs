@@ -87,6 +87,7 @@ pub async fn authorize(
                 skew: gw.cfg.clock_skew,
                 idps: Some(vec![gw.cfg.idp_id.clone()]),
                 gateways: Some(vec![gw.cfg.gateway_id.clone()]),
+                one_domain: true,
             };
             let v = UnverifiedChain::parse(chain_raw)
                 .and_then(|c| c.verify(&trust.bundles, &policy, &gw.state, now));
