@@ -10,7 +10,7 @@
 //! Both gateways run in this process on loopback ports, created with `fedgate init` in a
 //! temporary directory; in a deployment they are two organizations' separate gateways.
 
-use fedgate::demo::{self, agent_client, call, exchange_form};
+use fedgate::demo::{self, agent_client, call};
 use http::Method;
 
 pub async fn run() -> Result<(), String> {
@@ -44,26 +44,14 @@ pub async fn run() -> Result<(), String> {
 
     // 2. Token exchange at company.com's gateway, over mTLS with planning's X509-SVID.
     let me = agent_client(co, "planning/p1", co)?;
-    let form = exchange_form(
+    let token = demo::exchange(
+        &me,
+        co.internal,
         &chain,
         "spiffe://vendor.example/agent/analytics/a1",
         "analytics:run",
-    );
-    let r = call(
-        &me,
-        Method::POST,
-        &format!("https://{}/v1/token", co.internal),
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        form,
     )
     .await?;
-    if r.status != 200 {
-        return Err(format!(
-            "token exchange refused: {}",
-            String::from_utf8_lossy(&r.body)
-        ));
-    }
-    let token = r.json()["access_token"].as_str().unwrap_or("").to_string();
     let claims: serde_json::Value = fedgate::jose::parse_compact(&token)
         .ok()
         .and_then(|c| serde_json::from_slice(&c.payload).ok())
@@ -71,7 +59,7 @@ pub async fn run() -> Result<(), String> {
     println!(
         "2. federation token: scope [{}], expires in {} s, actor {}, principal {}",
         claims["scope"].as_str().unwrap_or(""),
-        r.json()["expires_in"],
+        claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0),
         claims["act"]["sub"],
         claims["sub"]
     );

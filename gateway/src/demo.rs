@@ -390,6 +390,32 @@ pub fn exchange_form(chain: &str, audience: &str, scope: &str) -> String {
     .unwrap_or_default()
 }
 
+/// RFC 8693 token exchange at `internal` (a gateway's internal listener): the access token.
+pub async fn exchange(
+    c: &TlsClient,
+    internal: SocketAddr,
+    chain: &str,
+    audience: &str,
+    scope: &str,
+) -> Result<String, String> {
+    let form = exchange_form(chain, audience, scope);
+    let r = call(
+        c,
+        Method::POST,
+        &format!("https://{internal}/v1/token"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form,
+    )
+    .await?;
+    match r.json()["access_token"].as_str() {
+        Some(t) if r.status == 200 => Ok(t.to_string()),
+        _ => Err(format!(
+            "token exchange refused: {}",
+            String::from_utf8_lossy(&r.body)
+        )),
+    }
+}
+
 /// One step of the story.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
@@ -714,16 +740,9 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
     );
 
     // 8. A replayed token.
-    let form = exchange_form(&chain, analytics, "analytics:*");
-    let r = call(
-        &pcl,
-        Method::POST,
-        &format!("https://{}/v1/token", co.internal),
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        form,
-    )
-    .await?;
-    let token = r.json()["access_token"].as_str().unwrap_or("").to_string();
+    let token = exchange(&pcl, co.internal, &chain, analytics, "analytics:*")
+        .await
+        .unwrap_or_default();
     let direct = agent_client(co, "planning/p1", ve)?;
     let iurl = format!(
         "https://{}/ingress/analytics/quarterly-review",
@@ -775,16 +794,9 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
     );
 
     // 9. Revoke the planning agent: locally at once, at the partner within seconds.
-    let form = exchange_form(&chain, analytics, "analytics:run");
-    let r = call(
-        &pcl,
-        Method::POST,
-        &format!("https://{}/v1/token", co.internal),
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        form,
-    )
-    .await?;
-    let token2 = r.json()["access_token"].as_str().unwrap_or("").to_string();
+    let token2 = exchange(&pcl, co.internal, &chain, analytics, "analytics:run")
+        .await
+        .unwrap_or_default();
     let admin = client(
         &co.dir.join("admin.pem"),
         &co.dir.join("keys/admin.key"),
