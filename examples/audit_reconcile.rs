@@ -25,9 +25,9 @@ pub async fn run() -> Result<(), String> {
         fedgate::scope::ScopeSet::parse_list(&["analytics:*"]).map_err(|e| e.to_string())?;
     let chain = fedgate::chain::issue(
         &idp,
-        &co.id("/idp"),
+        &co.id("/idp")?,
         "alice@company.com",
-        &co.id("/agent/planning/p1"),
+        &co.id("/agent/planning/p1")?,
         &scope,
         "q3-review",
         fedgate::time::now(),

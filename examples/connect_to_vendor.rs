@@ -28,9 +28,9 @@ pub async fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let chain = fedgate::chain::issue(
         &idp,
-        &co.id("/idp"),
+        &co.id("/idp")?,
         "alice@company.com",
-        &co.id("/agent/planning/p1"),
+        &co.id("/agent/planning/p1")?,
         &scope,
         "quarterly-infra-review",
         fedgate::time::now(),

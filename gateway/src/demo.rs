@@ -143,17 +143,14 @@ pub struct Domain {
 }
 
 impl Domain {
-    pub fn id(&self, path: &str) -> SpiffeId {
-        SpiffeId::parse(&format!("spiffe://{}{path}", self.td)).unwrap_or_else(|_| unreachable_id())
+    /// The SPIFFE ID `spiffe://<td><path>`; an invalid path is an error, never a stand-in ID.
+    pub fn id(&self, path: &str) -> Result<SpiffeId, String> {
+        let raw = format!("spiffe://{}{path}", self.td);
+        SpiffeId::parse(&raw).map_err(|e| format!("{raw}: {e}"))
     }
-    pub fn gateway_id(&self) -> SpiffeId {
+    pub fn gateway_id(&self) -> Result<SpiffeId, String> {
         self.id("/gateway")
     }
-}
-
-fn unreachable_id() -> SpiffeId {
-    // Every path the demo builds is a constant, valid SPIFFE ID path.
-    SpiffeId::parse("spiffe://invalid/invalid").expect("constant SPIFFE ID")
 }
 
 fn init_domain(
@@ -314,7 +311,7 @@ pub fn agent_client(d: &Domain, agent: &str, server: &Domain) -> Result<TlsClien
     client(
         &d.dir.join(format!("agents/{agent}.pem")),
         &d.dir.join(format!("agents/{agent}.key")),
-        server.gateway_id(),
+        server.gateway_id()?,
         &d.dir,
     )
 }
@@ -471,15 +468,16 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
     let now = crate::time::now();
     let idp_key =
         crate::files::read_signing_key(&co.dir.join("keys/idp.key")).map_err(|e| e.to_string())?;
-    let planning = co.id("/agent/planning/p1");
-    let inventory = co.id("/agent/inventory/i1");
+    let idp = co.id("/idp")?;
+    let planning = co.id("/agent/planning/p1")?;
+    let inventory = co.id("/agent/inventory/i1")?;
     let analytics = "spiffe://vendor.example/agent/analytics/a1";
     let scope = |s: &[&str]| crate::scope::ScopeSet::parse_list(s).map_err(|e| e.to_string());
 
     // 1. Alice asks the planning agent for the quarterly infrastructure review.
     let chain = crate::chain::issue(
         &idp_key,
-        &co.id("/idp"),
+        &idp,
         "alice@company.com",
         &planning,
         &scope(IDP_SCOPE)?,
@@ -673,7 +671,7 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
     // 7. PII without a fresh approval; then with one.
     let stale_chain = {
         let l0 = crate::chain::LinkClaims {
-            iss: co.id("/idp").to_string(),
+            iss: idp.to_string(),
             sub: "alice@company.com".into(),
             sub_type: "human".into(),
             dlg: None,
@@ -717,7 +715,7 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
     );
     let fresh = crate::chain::issue(
         &idp_key,
-        &co.id("/idp"),
+        &idp,
         "alice@company.com",
         &planning,
         &scope(&["pii:customers:read"])?,
@@ -749,28 +747,15 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
         ve.federation
     );
     let auth = format!("Bearer {token}");
-    let first = call(
-        &direct,
-        Method::POST,
-        &iurl,
-        &[("Authorization", auth.as_str())],
-        "{}",
-    )
-    .await?;
+    let bearer = [("Authorization", auth.as_str())];
+    let first = call(&direct, Method::POST, &iurl, &bearer, "{}").await?;
     st.record(
         "planning exchanges its chain for a token and calls analytics directly",
         "allowed",
         &first.outcome(),
         "RFC 8693 token exchange; the token is bound to planning's certificate (cnf)".into(),
     );
-    let again = call(
-        &direct,
-        Method::POST,
-        &iurl,
-        &[("Authorization", auth.as_str())],
-        "{}",
-    )
-    .await?;
+    let again = call(&direct, Method::POST, &iurl, &bearer, "{}").await?;
     st.record(
         "the same token replayed",
         "replayed",
@@ -778,14 +763,7 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
         "vendor.example remembers every token id until it expires, across restarts".into(),
     );
     let stolen = agent_client(co, "inventory/i1", ve)?;
-    let r = call(
-        &stolen,
-        Method::POST,
-        &iurl,
-        &[("Authorization", auth.as_str())],
-        "{}",
-    )
-    .await?;
+    let r = call(&stolen, Method::POST, &iurl, &bearer, "{}").await?;
     st.record(
         "the token stolen by another agent",
         "issuer_mismatch",
@@ -800,7 +778,7 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
     let admin = client(
         &co.dir.join("admin.pem"),
         &co.dir.join("keys/admin.key"),
-        co.gateway_id(),
+        co.gateway_id()?,
         &co.dir,
     )?;
     let body = serde_json::json!({"kind": "agent", "value": planning.as_str()}).to_string();
@@ -825,17 +803,11 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
         "fedgate revoke --agent spiffe://company.com/agent/planning/p1".into(),
     );
     let auth2 = format!("Bearer {token2}");
+    let bearer2 = [("Authorization", auth2.as_str())];
     let started = std::time::Instant::now();
     let mut got = String::new();
     while started.elapsed() < Duration::from_secs(3) {
-        let r = call(
-            &direct,
-            Method::POST,
-            &iurl,
-            &[("Authorization", auth2.as_str())],
-            "{}",
-        )
-        .await?;
+        let r = call(&direct, Method::POST, &iurl, &bearer2, "{}").await?;
         got = r.outcome();
         if got == "revoked" {
             break;
