@@ -84,7 +84,7 @@ fn signature_floor(bundles: &fedgate::spiffe::BundleSet, chain: &str, now: i64) 
         let c = fedgate::jose::parse_compact(link).unwrap();
         match (&c.header.kid, &c.header.x5c) {
             (Some(kid), _) => {
-                c.verify_with(bundle.jwt_key(kid).unwrap()).unwrap();
+                c.verify_with(&bundle.authority(kid).unwrap().key).unwrap();
             }
             (None, Some(x5c)) => {
                 let der = fedgate::crypto::b64std_decode(&x5c[0]).unwrap();

@@ -97,8 +97,12 @@ fn eddsa_depth3(now: i64) -> (BundleSet, String) {
     .unwrap();
     let mut b = Bundle::new(td);
     b.add_x509_authority(ca.cert_der.clone()).unwrap();
-    b.add_jwt_authority(idp.kid(), idp.public().clone())
-        .unwrap();
+    b.add_jwt_authority(
+        idp.kid(),
+        idp.public().clone(),
+        fedgate::spiffe::KeyRole::Idp,
+    )
+    .unwrap();
     let mut set = BundleSet::new();
     set.insert(b);
     (set, c)

@@ -222,6 +222,7 @@ async fn every_receiving_rule_has_its_reason() {
             value: "spiffe://company.com/agent/planning/p1".into(),
             until: 0,
             at: 0,
+            notice_iat: None,
         })
         .unwrap();
     assert_eq!(

@@ -47,6 +47,8 @@ fn links_minted_by_jsonwebtoken_verify_here() {
         jti: "a".into(),
         crossing: None,
         dep: None,
+        agr: None,
+        prn: None,
     };
     let l0 = jsonwebtoken::encode(&header, &l0c, &key).unwrap();
     let l1c = LinkClaims {

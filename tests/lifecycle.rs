@@ -72,7 +72,12 @@ fn bundle_with_seq(d: &Domain, seq: u64, extra_key: bool) -> Bundle {
     b.sequence = Some(seq);
     if extra_key {
         let (k, _) = fedgate::jose::SigningKey::generate_p256().unwrap();
-        b.add_jwt_authority(k.kid(), k.public().clone()).unwrap();
+        b.add_jwt_authority(
+            k.kid(),
+            k.public().clone(),
+            fedgate::spiffe::KeyRole::Gateway,
+        )
+        .unwrap();
     }
     b
 }
@@ -228,7 +233,9 @@ async fn key_rotation_without_a_failed_crossing() {
     let local = gw.trust.get().bundles.get(&td(CO)).unwrap().clone();
     assert_eq!(local.sequence, Some(seq0 + 1));
     assert!(
-        local.jwt_key(&old_kid).is_some(),
+        local
+            .jwt_key(&old_kid, fedgate::spiffe::KeyRole::Gateway)
+            .is_ok(),
         "the old key stays published while its tokens live"
     );
     // The bundle file and the bundle endpoint serve the new key; vendor.example learned it.
@@ -242,8 +249,8 @@ async fn key_rotation_without_a_failed_crossing() {
         .bundles
         .get(&td(CO))
         .unwrap()
-        .jwt_key(&kid)
-        .is_some());
+        .jwt_key(&kid, fedgate::spiffe::KeyRole::Gateway)
+        .is_ok());
     // Retirement once every old token has expired (fast-forwarded here).
     let mut r = fedgate::server::lifecycle::read_rotation(&f.co.dir.join("data")).unwrap();
     assert_eq!(r.phase, "active");
@@ -255,7 +262,7 @@ async fn key_rotation_without_a_failed_crossing() {
     .unwrap();
     fedgate::server::lifecycle::rotation_step(gw).await.unwrap();
     let local = gw.trust.get().bundles.get(&td(CO)).unwrap().clone();
-    assert!(local.jwt_key(&old_kid).is_none());
+    assert!(local.authority(&old_kid).is_none());
     assert_eq!(local.sequence, Some(seq0 + 2));
     assert_eq!(crossing(&f, &chain).await, 200);
     f.stop().await;

@@ -41,7 +41,7 @@ fn bundles_give_their_expected_results() {
     assert_eq!(b.skipped.len(), 2, "wit-svid keys are skipped, not errors");
     let b = bundle("spire_domain1.test.json").unwrap();
     assert_eq!((b.x509.len(), b.jwt.len()), (1, 1));
-    assert!(b.jwt_key("KID").is_some());
+    assert!(b.authority("KID").is_some());
     let summary = b.summary();
     assert_eq!(
         summary["x509_authorities"][0]["uri_sans"][0],

@@ -15,8 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
-use crate::server::state::{Trust, TrustHandle};
 use crate::server::tls::{client_config, Identity, MtlsConnector, SpiffeServerVerifier};
+use crate::server::trust::{Trust, TrustHandle};
 use crate::server::{Listeners, Running};
 use crate::spiffe::SpiffeId;
 
@@ -293,14 +293,7 @@ pub fn client(
     };
     let bundles =
         crate::files::load_bundle_dir(&trust_dir.join("bundles")).map_err(|p| p.join("; "))?;
-    let trust = Arc::new(TrustHandle::new(Trust {
-        bundles,
-        agreements: vec![],
-        policy: None,
-        strip_extra: vec![],
-        partners: vec![],
-        generation: 0,
-    }));
+    let trust = Arc::new(TrustHandle::new(Trust::with_bundles(bundles)));
     let v = Arc::new(SpiffeServerVerifier::exact(trust, server));
     let cfg = client_config(Some(&id), v).map_err(|e| e.to_string())?;
     Ok(Client::builder(TokioExecutor::new()).build(MtlsConnector::new(cfg)))
@@ -650,6 +643,8 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
         jti: crate::crypto::random_id(),
         crossing: None,
         dep: None,
+        agr: None,
+        prn: None,
     };
     let wl = crate::chain::mint_link(crate::chain::LinkSigner::X5c(&pk, &pc), &widen)
         .map_err(|e| e.to_string())?;
@@ -683,6 +678,8 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
             jti: crate::crypto::random_id(),
             crossing: None,
             dep: None,
+            agr: None,
+            prn: None,
         };
         let s0 = crate::chain::mint_link(crate::chain::LinkSigner::Kid(&idp_key), &l0)
             .map_err(|e| e.to_string())?;

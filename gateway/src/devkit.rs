@@ -4,7 +4,7 @@
 
 use crate::jose::SigningKey;
 use crate::spiffe::pki::{Ca, IssuedSvid, PkiError};
-use crate::spiffe::{Bundle, BundleSet, SpiffeId, TrustDomain};
+use crate::spiffe::{Bundle, BundleSet, KeyRole, SpiffeId, TrustDomain};
 use crate::time::Instant;
 
 /// Validity of a dev CA.
@@ -73,13 +73,17 @@ impl DevDomain {
             .add_x509_authority(ca.cert_der.clone())
             .map_err(other)?;
         bundle
-            .add_jwt_authority(idp_key.kid(), idp_key.public().clone())
+            .add_jwt_authority(idp_key.kid(), idp_key.public().clone(), KeyRole::Idp)
             .map_err(other)?;
         bundle
-            .add_jwt_authority(gateway_key.kid(), gateway_key.public().clone())
+            .add_jwt_authority(
+                gateway_key.kid(),
+                gateway_key.public().clone(),
+                KeyRole::Gateway,
+            )
             .map_err(other)?;
         bundle
-            .add_jwt_authority(audit_key.kid(), audit_key.public().clone())
+            .add_jwt_authority(audit_key.kid(), audit_key.public().clone(), KeyRole::Audit)
             .map_err(other)?;
         Ok(DevDomain {
             td,

@@ -37,10 +37,13 @@ pub enum Reason {
     PolicyDenied,
     AuditUnavailable,
     PartnerUnavailable,
+    /// Beyond SPEC section 10 (docs/spec-notes.md): the source keeps being denied and is
+    /// refused up front for a while (HTTP 429); not a crossing decision, so not audited.
+    RateLimited,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 32] = [
         Reason::Malformed,
         Reason::BadAlg,
         Reason::BadSignature,
@@ -72,6 +75,7 @@ impl Reason {
         Reason::PolicyDenied,
         Reason::AuditUnavailable,
         Reason::PartnerUnavailable,
+        Reason::RateLimited,
     ];
 
     pub fn code(self) -> &'static str {
@@ -107,6 +111,7 @@ impl Reason {
             Reason::PolicyDenied => "policy_denied",
             Reason::AuditUnavailable => "audit_unavailable",
             Reason::PartnerUnavailable => "partner_unavailable",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -139,6 +144,7 @@ impl Reason {
             | Reason::AgreementMismatch => 401,
             Reason::AuditUnavailable => 503,
             Reason::PartnerUnavailable => 502,
+            Reason::RateLimited => 429,
             _ => 403,
         }
     }

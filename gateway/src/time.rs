@@ -97,6 +97,21 @@ pub fn parse_duration(s: &str) -> Result<i64, TimeError> {
     n.checked_mul(mul).ok_or_else(bad)
 }
 
+/// Like [`parse_duration`], in milliseconds, also accepting the unit `ms` (for timeouts).
+pub fn parse_duration_millis(s: &str) -> Result<u64, TimeError> {
+    if let Some(n) = s.strip_suffix("ms") {
+        if n.is_empty() || n.len() > MAX_DURATION_CHARS || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(TimeError::BadDuration(s.to_string()));
+        }
+        return n.parse().map_err(|_| TimeError::BadDuration(s.to_string()));
+    }
+    let secs = parse_duration(s)?;
+    u64::try_from(secs)
+        .ok()
+        .and_then(|x| x.checked_mul(1000))
+        .ok_or_else(|| TimeError::BadDuration(s.to_string()))
+}
+
 /// Formats seconds back into the shortest exact duration string.
 pub fn format_duration(secs: i64) -> String {
     if secs != 0 && secs % 86_400 == 0 {
@@ -121,6 +136,16 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-03-27T16:00:05+02:00").unwrap(), t);
         assert!(parse_rfc3339("2026-03-27 14:00").is_err());
         assert!(parse_rfc3339("").is_err());
+    }
+
+    #[test]
+    fn durations_in_millis() {
+        assert_eq!(parse_duration_millis("250ms").unwrap(), 250);
+        assert_eq!(parse_duration_millis("2s").unwrap(), 2000);
+        assert_eq!(parse_duration_millis("1m").unwrap(), 60_000);
+        for bad in ["ms", "-1ms", "1.5s", "", "10x"] {
+            assert!(parse_duration_millis(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use bytes::Bytes;
-use fedgate::server::state::{Trust, TrustHandle};
 use fedgate::server::tls::{client_config, Identity, MtlsConnector, SpiffeServerVerifier};
+use fedgate::server::trust::{Trust, TrustHandle};
 use fedgate::server::{Listeners, Running};
 use fedgate::spiffe::{SpiffeId, TrustDomain};
 use http::{HeaderMap, Method, StatusCode};
@@ -232,14 +232,7 @@ pub async fn start_gateway(d: &Domain, l: Listeners) -> Running {
 /// Every bundle in `d`'s bundle directory.
 pub fn trust_of(d: &Domain) -> Arc<TrustHandle> {
     let bundles = fedgate::files::load_bundle_dir(&d.bundles()).unwrap();
-    Arc::new(TrustHandle::new(Trust {
-        bundles,
-        agreements: vec![],
-        policy: None,
-        strip_extra: vec![],
-        partners: vec![],
-        generation: 0,
-    }))
+    Arc::new(TrustHandle::new(Trust::with_bundles(bundles)))
 }
 
 pub type TlsClient = Client<MtlsConnector, Body>;
@@ -371,4 +364,36 @@ pub fn records(r: &Running) -> Vec<fedgate::audit::Record> {
         .iter()
         .map(|b| fedgate::audit::Record::from_canonical(b).unwrap())
         .collect()
+}
+
+/// Edits `d`'s gateway.toml as a TOML table (before its gateway starts, or before a reload).
+pub fn edit_config(d: &Domain, edit: impl FnOnce(&mut toml::Table)) {
+    let text = std::fs::read_to_string(d.config()).unwrap();
+    let mut t: toml::Table = toml::from_str(&text).unwrap();
+    edit(&mut t);
+    std::fs::write(d.config(), toml::to_string(&t).unwrap()).unwrap();
+}
+
+/// Sets `[limits] key = value` in `d`'s config.
+pub fn set_limit(d: &Domain, key: &str, value: impl Into<toml::Value>) {
+    let value = value.into();
+    edit_config(d, |t| {
+        let limits = t
+            .entry("limits")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if let toml::Value::Table(l) = limits {
+            l.insert(key.to_string(), value);
+        }
+    });
+}
+
+impl Federation {
+    /// Both gateways started after `edit` adjusted the prepared domains (configs, files).
+    pub async fn start_with(edit: impl FnOnce(&Federation)) -> Federation {
+        let (mut f, co_l, ve_l) = Self::prepare().await;
+        edit(&f);
+        f.co_gw = Some(start_gateway(&f.co, co_l).await);
+        f.ve_gw = Some(start_gateway(&f.ve, ve_l).await);
+        f
+    }
 }

@@ -10,7 +10,7 @@ use fedgate::chain::{link_hash, mint_link, LinkClaims, LinkSigner};
 use fedgate::crypto::{b64url, sha256};
 use fedgate::jose::SigningKey;
 use fedgate::spiffe::pki::{ed25519_from_seed, Ca};
-use fedgate::spiffe::{Bundle, SpiffeId, TrustDomain};
+use fedgate::spiffe::{Bundle, KeyRole, SpiffeId, TrustDomain};
 use serde_json::{json, Value};
 
 /// 2026-03-27T14:00:00Z: the time of the background article's example.
@@ -60,10 +60,10 @@ impl Domain {
         bundle.sequence = Some(1);
         bundle.add_x509_authority(ca.cert_der.clone()).unwrap();
         bundle
-            .add_jwt_authority(idp_key.kid(), idp_key.public().clone())
+            .add_jwt_authority(idp_key.kid(), idp_key.public().clone(), KeyRole::Idp)
             .unwrap();
         bundle
-            .add_jwt_authority(gw_key.kid(), gw_key.public().clone())
+            .add_jwt_authority(gw_key.kid(), gw_key.public().clone(), KeyRole::Gateway)
             .unwrap();
         Domain {
             idp: tdv.id_with_path("/idp").unwrap(),
@@ -129,6 +129,8 @@ impl Builder {
             jti: self.jti(),
             crossing: None,
             dep: None,
+            agr: None,
+            prn: None,
         };
         (mint_link(LinkSigner::Kid(&d.idp_key), &c).unwrap(), c)
     }
@@ -158,6 +160,8 @@ impl Builder {
             jti: self.jti(),
             crossing: None,
             dep: None,
+            agr: None,
+            prn: None,
         };
         edit(&mut c);
         (mint_link(signer, &c).unwrap(), c)
@@ -306,6 +310,8 @@ pub fn generate() -> Generated {
         jti: b.jti(),
         crossing: Some("crossing-0001".into()),
         dep: Some(2),
+        agr: None,
+        prn: None,
     };
     let c0 = (
         mint_link(LinkSigner::Kid(&ve.gw_key), &cross).unwrap(),
@@ -326,6 +332,14 @@ pub fn generate() -> Generated {
         at,
         "vendor gateway's crossing link (dep 2) extended by analytics: depth 4",
         expect_valid(worker.id.as_str(), &["analytics:run"]),
+    );
+    // Keys have roles: an IdP key cannot sign a crossing link.
+    add(
+        "wrong_signer-idp-key-crossing",
+        mint_link(LinkSigner::Kid(&ve.idp_key), &c0.1).unwrap(),
+        at,
+        "a crossing link signed with vendor.example's IdP key instead of its gateway key",
+        expect_invalid("wrong_signer", Some(0)),
     );
 
     // Rule 1.
@@ -570,6 +584,24 @@ pub fn generate() -> Generated {
         LinkSigner::X5c(&planning.key, &planning.certs),
         planning.id.as_str(),
         |_| {},
+    );
+    // Keys have roles: the domain's gateway key cannot sign a human's grant.
+    let (gw_grant, _) = b.root(
+        &Domain {
+            idp_key: signing("company.com gateway"),
+            ..Domain::new("company.com")
+        },
+        "alice@company.com",
+        &["cloud:read"],
+        "task-12345",
+        T0 + 7200,
+    );
+    add(
+        "wrong_signer-gateway-key-grant",
+        gw_grant,
+        at,
+        "a human grant signed with the gateway's key instead of the IdP's",
+        expect_invalid("wrong_signer", Some(0)),
     );
     add(
         "wrong_signer-self-grant",

@@ -278,7 +278,10 @@ fn evaluate(a: &Agreement, f: &Flow, req: &CrossingRequest<'_>, partner: &TrustD
                 && req.links.iter().any(|l| {
                     l.signer == SignerKind::Idp
                         && l.scope.iter().any(|s| s == g)
-                        && req.now - l.iat <= f.approval_max_age
+                        && req
+                            .now
+                            .checked_sub(l.iat)
+                            .is_some_and(|age| age <= f.approval_max_age)
                 });
             if !approved {
                 return deny(
@@ -292,7 +295,7 @@ fn evaluate(a: &Agreement, f: &Flow, req: &CrossingRequest<'_>, partner: &TrustD
             }
         }
     }
-    let token_exp = req.expires.min(req.now + a.max_token_ttl);
+    let token_exp = req.expires.min(req.now.saturating_add(a.max_token_ttl));
     let sender = match req.direction {
         Direction::Outbound => a.domain(req.local),
         Direction::Inbound => a.domain(partner),

@@ -3,8 +3,8 @@
 use std::fmt;
 
 use super::{
-    hash_text, Agreement, ChainDisclosure, Disclosure, DisclosureDoc, Doc, DomainDoc, DomainTerms,
-    Flow, FlowDoc, PrincipalDisclosure, Route, MAX_AGREEMENT_BYTES, MAX_AGREEMENT_DEPTH, MAX_FLOWS,
+    Agreement, ChainDisclosure, Disclosure, DisclosureDoc, Doc, DomainDoc, DomainTerms, Flow,
+    FlowDoc, PrincipalDisclosure, Route, MAX_AGREEMENT_BYTES, MAX_AGREEMENT_DEPTH, MAX_FLOWS,
     MAX_ROUTES, MAX_TOKEN_TTL,
 };
 use crate::scope::{Scope, ScopeSet};
@@ -64,17 +64,10 @@ fn route_path_ok(p: &str) -> bool {
 }
 
 fn instant(issues: &mut Issues, path: &str, dt: &toml::value::Datetime) -> Option<i64> {
-    if dt.date.is_none() || dt.time.is_none() || dt.offset.is_none() {
-        issues.add(
-            path,
-            "must be a full date-time with an offset, e.g. 2026-01-01T00:00:00Z",
-        );
-        return None;
-    }
-    match crate::time::parse_rfc3339(&dt.to_string()) {
-        Ok(t) => Some(t),
+    match super::normalize_datetime(dt) {
+        Ok((t, _)) => Some(t),
         Err(e) => {
-            issues.add(path, e.to_string());
+            issues.add(path, e);
             None
         }
     }
@@ -297,8 +290,14 @@ pub(super) fn parse_and_lint(text: &str) -> Result<Agreement, Vec<LintIssue>> {
     }
     let doc: Doc =
         toml::from_str(text).map_err(|e| one(e.to_string().trim().replace('\n', " ")))?;
-    let (hash, canonical) = hash_text(text).map_err(one)?;
     let mut is = Issues(Vec::new());
+    let hashed = super::hash_text_at(text);
+    if let Err((path, m)) = &hashed {
+        // valid_from/valid_until are reported below with the same message.
+        if path != "valid_from" && path != "valid_until" {
+            is.add(path.clone(), m.clone());
+        }
+    }
 
     let id_ok = !doc.id.is_empty()
         && doc.id.len() <= MAX_ID_BYTES
@@ -402,8 +401,8 @@ pub(super) fn parse_and_lint(text: &str) -> Result<Agreement, Vec<LintIssue>> {
         return Err(is.0);
     }
     let mut ds = domains.into_iter().flatten();
-    let (Some(d0), Some(d1), Some(from), Some(until), Some(ttl), Some(skew)) =
-        (ds.next(), ds.next(), from, until, ttl, skew)
+    let (Some(d0), Some(d1), Some(from), Some(until), Some(ttl), Some(skew), Ok((hash, canonical))) =
+        (ds.next(), ds.next(), from, until, ttl, skew, hashed)
     else {
         return Err(one("agreement is incomplete".into()));
     };

@@ -192,28 +192,104 @@ impl Agreement {
 }
 
 /// Only the hash: TOML data mapped to JSON as written, canonicalized (RFC 8785), SHA-256.
+/// Offset date-times are normalized to UTC first (SPEC section 5), so every spelling of one
+/// instant hashes the same; a local date-time, date or time (no offset) is refused.
 pub fn hash_text(text: &str) -> Result<(AgreementHash, String), String> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-    let json = toml_to_json(&toml::Value::Table(table))?;
-    let canonical = crate::jcs::to_string(&json).map_err(|e| e.to_string())?;
+    hash_text_at(text).map_err(|(path, m)| {
+        if path.is_empty() {
+            m
+        } else {
+            format!("{path}: {m}")
+        }
+    })
+}
+
+/// [`hash_text`], with the key path of the value that could not be hashed.
+pub(crate) fn hash_text_at(text: &str) -> Result<(AgreementHash, String), (String, String)> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| (String::new(), e.to_string()))?;
+    let json = toml_to_json(&toml::Value::Table(table), "")?;
+    let canonical = crate::jcs::to_string(&json).map_err(|e| (String::new(), e.to_string()))?;
     Ok((AgreementHash::of_canonical(canonical.as_bytes()), canonical))
 }
 
-fn toml_to_json(v: &toml::Value) -> Result<serde_json::Value, String> {
+/// An offset date-time in UTC, as the agreement hash writes it: `YYYY-MM-DDTHH:MM:SSZ`, with
+/// fractional seconds only when non-zero and without trailing zeros; and its Unix time.
+/// Local date-times, dates and times (no offset) and leap seconds are refused: an instant both
+/// domains read the same needs an offset.
+pub fn normalize_datetime(d: &toml::value::Datetime) -> Result<(Instant, String), String> {
+    let (Some(date), Some(t), Some(offset)) = (d.date, d.time, d.offset) else {
+        return Err(
+            "a local date-time, date or time (no offset) is ambiguous: write a full date-time with an offset, e.g. 2026-01-01T00:00:00Z"
+                .into(),
+        );
+    };
+    let second = t.second.unwrap_or(0);
+    if second > 59 {
+        return Err("leap seconds are not accepted".into());
+    }
+    let month = time::Month::try_from(date.month).map_err(|e| e.to_string())?;
+    let day = time::Date::from_calendar_date(date.year as i32, month, date.day)
+        .map_err(|e| e.to_string())?;
+    let tm = time::Time::from_hms_nano(t.hour, t.minute, second, t.nanosecond.unwrap_or(0))
+        .map_err(|e| e.to_string())?;
+    let minutes = match offset {
+        toml::value::Offset::Z => 0,
+        toml::value::Offset::Custom { minutes } => minutes,
+    };
+    let off =
+        time::UtcOffset::from_whole_seconds(minutes as i32 * 60).map_err(|e| e.to_string())?;
+    let utc = time::PrimitiveDateTime::new(day, tm)
+        .assume_offset(off)
+        .to_offset(time::UtcOffset::UTC);
+    let mut s = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        utc.year(),
+        utc.month() as u8,
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second()
+    );
+    if utc.year() < 0 || utc.year() > 9999 {
+        return Err("the year must be 0000-9999".into());
+    }
+    let nanos = utc.nanosecond();
+    if nanos != 0 {
+        let frac = format!("{nanos:09}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push('Z');
+    Ok((utc.unix_timestamp(), s))
+}
+
+fn toml_to_json(v: &toml::Value, path: &str) -> Result<serde_json::Value, (String, String)> {
     use serde_json::Value as J;
     Ok(match v {
         toml::Value::String(s) => J::String(s.clone()),
         toml::Value::Integer(i) => J::from(*i),
         toml::Value::Float(f) => serde_json::Number::from_f64(*f)
             .map(J::Number)
-            .ok_or("NaN or infinity in agreement")?,
+            .ok_or_else(|| (path.to_string(), "NaN or infinity in agreement".to_string()))?,
         toml::Value::Boolean(b) => J::Bool(*b),
-        toml::Value::Datetime(d) => J::String(d.to_string()),
-        toml::Value::Array(a) => J::Array(a.iter().map(toml_to_json).collect::<Result<_, _>>()?),
+        toml::Value::Datetime(d) => {
+            J::String(normalize_datetime(d).map_err(|m| (path.to_string(), m))?.1)
+        }
+        toml::Value::Array(a) => J::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| toml_to_json(x, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
         toml::Value::Table(t) => {
             let mut m = serde_json::Map::new();
             for (k, x) in t {
-                m.insert(k.clone(), toml_to_json(x)?);
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                m.insert(k.clone(), toml_to_json(x, &p)?);
             }
             J::Object(m)
         }

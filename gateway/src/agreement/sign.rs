@@ -66,8 +66,13 @@ pub fn verify_signature(
         .clone()
         .ok_or_else(|| SignatureError::Malformed("no kid".into()))?;
     let key = bundle
-        .jwt_key(&kid)
-        .ok_or_else(|| SignatureError::UnknownKey(kid.clone(), bundle.trust_domain.to_string()))?;
+        .jwt_key(&kid, crate::spiffe::KeyRole::Gateway)
+        .map_err(|e| match e {
+            crate::spiffe::KeyError::Unknown(..) => {
+                SignatureError::UnknownKey(kid.clone(), bundle.trust_domain.to_string())
+            }
+            other => SignatureError::Malformed(other.to_string()),
+        })?;
     c.verify_with(key)
         .map_err(|_| SignatureError::BadSignature)?;
     let p: Payload =

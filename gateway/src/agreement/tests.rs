@@ -229,6 +229,74 @@ fn hash_ignores_form_and_sees_content() {
     assert_eq!(AgreementHash::parse("sha256:XYZ"), None);
 }
 
+/// SPEC section 5: offset date-times hash as their UTC instant. Vectors: each row is a
+/// spelling of `valid_from` and the string the canonical JSON must hold.
+#[test]
+fn date_times_are_normalized_to_utc_before_hashing() {
+    let a = example();
+    let vectors = [
+        ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z"),
+        ("2026-01-01 00:00:00+00:00", "2026-01-01T00:00:00Z"),
+        ("2026-01-01T01:00:00+01:00", "2026-01-01T00:00:00Z"),
+        ("2025-12-31T19:00:00-05:00", "2026-01-01T00:00:00Z"),
+        ("2026-01-01t00:00:00z", "2026-01-01T00:00:00Z"),
+        ("2026-01-01T00:00:00.000Z", "2026-01-01T00:00:00Z"),
+        ("2026-01-01T00:00Z", "2026-01-01T00:00:00Z"),
+    ];
+    for (written, canonical) in vectors {
+        let text = EXAMPLE.replacen(
+            "valid_from = 2026-01-01T00:00:00Z",
+            &format!("valid_from = {written}"),
+            1,
+        );
+        let b = Agreement::parse(&text).unwrap_or_else(|e| panic!("{written}: {e:?}"));
+        assert_eq!(b.hash, a.hash, "{written}");
+        assert!(b
+            .canonical
+            .contains(&format!("\"valid_from\":\"{canonical}\"")));
+        assert_eq!(b.valid_from, a.valid_from);
+    }
+    // Fractional seconds stay when non-zero, without trailing zeros; a different instant is a
+    // different hash.
+    for (written, canonical) in [
+        ("2026-01-01T00:00:00.500Z", "2026-01-01T00:00:00.5Z"),
+        ("2026-01-01T02:00:00.120+02:00", "2026-01-01T00:00:00.12Z"),
+        (
+            "2026-01-01T00:00:00.000000001Z",
+            "2026-01-01T00:00:00.000000001Z",
+        ),
+    ] {
+        let text = EXAMPLE.replacen(
+            "valid_from = 2026-01-01T00:00:00Z",
+            &format!("valid_from = {written}"),
+            1,
+        );
+        let b = Agreement::parse(&text).unwrap_or_else(|e| panic!("{written}: {e:?}"));
+        assert!(
+            b.canonical
+                .contains(&format!("\"valid_from\":\"{canonical}\"")),
+            "{written}: {}",
+            b.canonical
+        );
+        assert_ne!(b.hash, a.hash);
+    }
+    // Local date-times, dates and times are lint errors at their key path.
+    for local in ["2026-01-01T00:00:00", "2026-01-01", "00:00:00"] {
+        let text = EXAMPLE.replacen(
+            "valid_from = 2026-01-01T00:00:00Z",
+            &format!("valid_from = {local}"),
+            1,
+        );
+        let i = issues(&text);
+        assert!(has(&i, "valid_from", "offset"), "{local}: {i:?}");
+        assert!(hash_text(&text).is_err());
+    }
+    // Elsewhere in the document too (a date-time in an unknown place is refused by the schema,
+    // but the hash alone names the path).
+    let text = format!("{EXAMPLE}\n[extra]\nwhen = 2026-01-01T00:00:00\n");
+    assert!(hash_text(&text).unwrap_err().starts_with("extra.when:"));
+}
+
 #[test]
 fn signatures_bind_both_domains() {
     let a = example();
@@ -307,6 +375,11 @@ fn decide_covers_every_reason() {
     )];
     let stale = vec![idp_link(&["analytics:*", "pii:customers:read"], T - 7200)];
     let wildcard = vec![idp_link(&["analytics:*", "pii:*"], T - 60)];
+    // An approval time chosen so that `now - iat` overflows must not pass (or panic).
+    let overflow = vec![idp_link(
+        &["analytics:*", "pii:customers:read"],
+        i64::MIN + 1,
+    )];
 
     struct Case<'a> {
         name: &'a str,
@@ -459,6 +532,20 @@ fn decide_covers_every_reason() {
             held: &["pii:customers:read"],
             depth: 2,
             links: &stale,
+            now: T,
+            want: Some(Reason::ApprovalRequired),
+            granted: &[],
+        },
+        Case {
+            name: "approval_required (approval age overflows)",
+            dir: Direction::Outbound,
+            local: &co,
+            actor: &planning,
+            target: &analytics,
+            req: &["pii:customers:read"],
+            held: &["pii:customers:read"],
+            depth: 2,
+            links: &overflow,
             now: T,
             want: Some(Reason::ApprovalRequired),
             granted: &[],

@@ -183,11 +183,12 @@ pub fn verify_with_key(
     Err(CheckpointError::NoKnownSignature(origin.to_string()))
 }
 
-/// Verifies a signed checkpoint of `bundle`'s domain with any Ed25519 key of that bundle.
+/// Verifies a signed checkpoint of `bundle`'s domain with an audit key of that bundle (only a
+/// key whose role is `audit` signs checkpoints).
 pub fn verify_with_bundle(text: &str, bundle: &Bundle) -> Result<Checkpoint, CheckpointError> {
     let origin = origin_of(bundle.trust_domain.as_str());
     let mut last = CheckpointError::NoKnownSignature(origin.clone());
-    for a in &bundle.jwt {
+    for a in bundle.keys_with_role(crate::spiffe::KeyRole::Audit) {
         if a.key.alg() != Alg::EdDsa {
             continue;
         }
@@ -276,5 +277,15 @@ mod tests {
         assert_eq!(verify_with_bundle(&note, &d.bundle).unwrap(), cp);
         let other = crate::devkit::DevDomain::new("company.com", 1_800_000_000).unwrap();
         assert!(verify_with_bundle(&note, &other.bundle).is_err());
+        // Only an audit-role key signs checkpoints: the same Ed25519 key published as a
+        // gateway key does not vouch for one.
+        let mut b = crate::spiffe::Bundle::new(d.td.clone());
+        b.add_jwt_authority(
+            d.audit_key.kid(),
+            d.audit_key.public().clone(),
+            crate::spiffe::KeyRole::Gateway,
+        )
+        .unwrap();
+        assert!(verify_with_bundle(&note, &b).is_err());
     }
 }

@@ -8,10 +8,16 @@
 //! `field_mismatch` (which fields); `receipt_invalid` (does not verify with the partner's
 //! bundle); `receipt_mismatch` (its leaf is not in the partner's log at its seq);
 //! `unreceipted` (the partner allowed it but the sender kept no valid receipt); `clock_skew`;
-//! `unused` (a token from token exchange never presented) and `refused` (the receiver denied a
-//! token the sender issued, e.g. revoked meanwhile), both informational; and for a whole log
-//! `tampered` and `not_append_only`. A receiver's denial is a `field_mismatch` on `decision`
-//! only when the sender holds the receiver's signed receipt that it was allowed.
+//! `unconfirmed` (a token issued for direct use by token exchange, expired, of which the
+//! partner has no record: never presented, or presented and not logged — the sender cannot
+//! tell, so an auditor must); `pending` (the same while the token may still be presented) and
+//! `refused` (the receiver denied a token the sender issued, e.g. revoked meanwhile), both
+//! informational; and for a whole log `tampered` and `not_append_only`. Every record the
+//! receiver holds of a crossing counts: an allow anywhere is what the receiver did (a denial
+//! of a leaked token presented first from the wrong certificate does not hide a later allowed
+//! use), and more than one allow is `replay_accepted`. A receiver's denial is a
+//! `field_mismatch` on `decision` only when the sender holds the receiver's signed receipt
+//! that it was allowed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -45,7 +51,7 @@ pub struct Report {
 }
 
 /// Kinds that are not discrepancies.
-const BENIGN: &[&str] = &["matched", "unused", "refused"];
+const BENIGN: &[&str] = &["matched", "pending", "refused"];
 
 /// Earlier checkpoints an auditor holds, to prove the logs only grew.
 #[derive(Debug, Clone, Default)]
@@ -155,16 +161,35 @@ fn one_direction(
         .filter(|r| r.kind == "outcome" && r.direction == "outbound")
         .map(|r| (r.crossing.as_str(), r))
         .collect();
+    // The latest time the receiver's export covers: a token issued for direct use that expired
+    // before it and left no record there was never (visibly) used.
+    let y_latest = y.records.iter().filter_map(|r| millis(&r.time)).max();
     let mut seen_out = std::collections::HashSet::new();
     for out in outs {
         seen_out.insert(out.crossing.as_str());
         let c = Some(out.crossing.clone());
         let Some(ins) = inbound.get(out.crossing.as_str()) else {
             let (kind, detail) = if out.mode.as_deref() == Some("token_exchange") {
-                (
-                    "unused",
-                    "a token issued by token exchange was never presented".to_string(),
-                )
+                let expired = match (out.token_exp, y_latest) {
+                    (Some(exp), Some(latest)) => {
+                        exp.saturating_add(skew_ms / 1000).saturating_mul(1000) < latest
+                    }
+                    _ => false,
+                };
+                if expired {
+                    (
+                        "unconfirmed",
+                        format!(
+                            "a token issued for direct use expired with no record of it at {}: never presented, or presented and not logged",
+                            y.domain
+                        ),
+                    )
+                } else {
+                    (
+                        "pending",
+                        "a token issued for direct use has not been presented yet".to_string(),
+                    )
+                }
             } else {
                 (
                     "missing_in_partner",
@@ -183,7 +208,10 @@ fn one_direction(
             });
             continue;
         };
-        let first = ins[0];
+        // What the receiver did is what any of its records says it allowed; a denial counts
+        // only when it never allowed the crossing at all.
+        let allows: Vec<&&Record> = ins.iter().filter(|r| r.is_allow()).collect();
+        let first: &Record = allows.first().map(|r| **r).unwrap_or(ins[0]);
         let mut fields = mismatched(out, first);
         if !first.is_allow() {
             // The receiver refused a token the sender issued: its own checks at work (revoked,
@@ -210,9 +238,15 @@ fn one_direction(
                 continue;
             }
         }
-        let extra_allows = ins[1..].iter().filter(|r| r.is_allow()).count();
-        if extra_allows > 0 {
-            fields.push("replay_accepted".into());
+        if allows.len() > 1 {
+            findings.push(Finding {
+                kind: "replay_accepted",
+                direction: dir.clone(),
+                crossing: c,
+                fields: vec![],
+                detail: format!("{} allowed this token {} times", y.domain, allows.len()),
+            });
+            continue;
         }
         if !fields.is_empty() {
             let detail = format!(
@@ -401,5 +435,112 @@ impl Report {
             "\nresult: DISCREPANCIES FOUND\n"
         });
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::merkle::leaf_hash;
+
+    fn export(domain: &str, mut records: Vec<Record>) -> Export {
+        let mut leaves = Vec::new();
+        for (i, r) in records.iter_mut().enumerate() {
+            r.seq = i as u64;
+            leaves.push(leaf_hash(&r.canonical().unwrap()));
+        }
+        Export {
+            domain: domain.into(),
+            checkpoint: Checkpoint {
+                origin: crate::audit::origin_of(domain),
+                size: records.len() as u64,
+                root: root_of(&leaves),
+            },
+            records,
+            leaves,
+        }
+    }
+
+    fn out(crossing: &str, mode: &str, exp: i64, time: &str) -> Record {
+        let mut r = Record::decision("company.com", "outbound", crossing, true);
+        r.mode = Some(mode.into());
+        r.partner = Some("vendor.example".into());
+        r.token_exp = Some(exp);
+        r.time = time.into();
+        r
+    }
+
+    fn inb(crossing: &str, allow: bool, exp: i64, time: &str) -> Record {
+        let mut r = Record::decision("vendor.example", "inbound", crossing, allow);
+        r.mode = Some("ingress".into());
+        r.partner = Some("company.com".into());
+        r.authenticated = Some(true);
+        r.token_exp = Some(exp);
+        r.time = time.into();
+        if !allow {
+            r.reason = Some("issuer_mismatch".into());
+        }
+        r
+    }
+
+    fn run(a: &Export, b: &Export) -> Report {
+        let d = crate::devkit::DevDomain::new("company.com", 1_800_000_000).unwrap();
+        let v = crate::devkit::DevDomain::new("vendor.example", 1_800_000_000).unwrap();
+        reconcile(a, b, &d.bundle, &v.bundle, 5, &Previous::default())
+    }
+
+    fn kind_of<'a>(r: &'a Report, crossing: &str) -> Vec<&'a str> {
+        r.findings
+            .iter()
+            .filter(|f| f.crossing.as_deref() == Some(crossing))
+            .map(|f| f.kind)
+            .collect()
+    }
+
+    const T: &str = "2027-01-15T08:00:00.000Z";
+    const EXP: i64 = 1_800_000_600;
+
+    /// A leaked `cnf` token presented first from the wrong certificate, then used for real: the
+    /// receiver's later allow is what it did (the review found this reported as `refused`).
+    #[test]
+    fn an_allow_anywhere_counts_not_the_first_record() {
+        let a = export("company.com", vec![out("x1", "token_exchange", EXP, T)]);
+        let b = export(
+            "vendor.example",
+            vec![inb("x1", false, EXP, T), inb("x1", true, EXP, T)],
+        );
+        let r = run(&a, &b);
+        assert_eq!(kind_of(&r, "x1"), vec!["matched"], "{r:?}");
+    }
+
+    #[test]
+    fn more_than_one_allow_is_replay_accepted() {
+        let a = export("company.com", vec![out("x2", "token_exchange", EXP, T)]);
+        let b = export(
+            "vendor.example",
+            vec![inb("x2", true, EXP, T), inb("x2", true, EXP, T)],
+        );
+        let r = run(&a, &b);
+        assert_eq!(kind_of(&r, "x2"), vec!["replay_accepted"]);
+        assert!(!r.clean);
+    }
+
+    /// A token issued for direct use with no record at the partner is not benign once it has
+    /// expired (the partner may simply not have logged it); before that it is pending.
+    #[test]
+    fn a_direct_mode_crossing_without_a_partner_record_is_not_benign() {
+        let later = "2027-01-15T09:00:00.000Z"; // an hour after: the token has expired
+        let mut other = inb("y", true, EXP, later);
+        other.crossing = "unrelated".into();
+        let a = export("company.com", vec![out("x3", "token_exchange", EXP, T)]);
+        let b = export("vendor.example", vec![other.clone()]);
+        let r = run(&a, &b);
+        assert_eq!(kind_of(&r, "x3"), vec!["unconfirmed"]);
+        assert!(!r.clean);
+        let mut early = other;
+        early.time = T.into();
+        let b = export("vendor.example", vec![early]);
+        let r = run(&a, &b);
+        assert_eq!(kind_of(&r, "x3"), vec!["pending"]);
     }
 }

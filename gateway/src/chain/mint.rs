@@ -79,11 +79,13 @@ pub fn issue(
         scope: scope.to_strings(),
         task: task.to_string(),
         iat: now,
-        exp: now + ttl,
+        exp: now.saturating_add(ttl),
         prev: None,
         jti: random_id(),
         crossing: None,
         dep: None,
+        agr: None,
+        prn: None,
     };
     let l0s = mint_link(LinkSigner::Kid(idp_key), &l0)?;
     let l1 = LinkClaims {
@@ -141,52 +143,71 @@ pub fn extend(
         scope: scope.to_strings(),
         task: prev.task,
         iat: now.max(prev.iat),
-        exp: (now + ttl).min(prev.exp),
+        exp: now.saturating_add(ttl).min(prev.exp),
         prev: Some(link_hash(last)),
         jti: random_id(),
         crossing: None,
         dep: None,
+        agr: None,
+        prn: None,
     };
     let link = mint_link(LinkSigner::X5c(key, certs), &claims)?;
     Ok(format!("{chain}{SEPARATOR}{link}"))
 }
 
+/// What the gateway puts in a crossing link (SPEC section 3, rule 2, and docs/spec-notes.md).
+#[derive(Debug, Clone)]
+pub struct CrossingLink<'a> {
+    pub gateway: &'a SpiffeId,
+    /// The target agent (the link's `sub`, its holder).
+    pub target: &'a SpiffeId,
+    /// The partner's agent that delegated across (`dlg`).
+    pub foreign_actor: &'a SpiffeId,
+    /// The federation token (`prev` is its hash).
+    pub federation_token: &'a str,
+    /// The token's `jti` (`crossing`).
+    pub crossing: &'a str,
+    /// Links counted before this one (`dep`).
+    pub dep: u32,
+    pub scope: &'a ScopeSet,
+    pub task: &'a str,
+    /// `<id>@<hash>` of the agreement the crossing was under (`agr`).
+    pub agreement: &'a str,
+    /// The root principal as the sending domain disclosed it (`prn`), if it did.
+    pub principal: Option<&'a str>,
+    pub now: Instant,
+    pub exp: Instant,
+}
+
 /// As the gateway, for an inbound crossing: the root link of the target's new chain (SPEC
 /// section 3, rule 2): signed by the gateway's `kid`, `dlg` = the foreign actor, `prev` = hash
-/// of the federation token, `crossing` = its `jti`, `dep` = links counted before it.
-#[allow(clippy::too_many_arguments)]
+/// of the federation token, `crossing` = its `jti`, `dep` = links counted before it, plus the
+/// agreement (`agr`) and the principal as disclosed (`prn`) for the receiving agent.
 pub fn mint_crossing_link(
     gateway_key: &SigningKey,
-    gateway: &SpiffeId,
-    target: &SpiffeId,
-    foreign_actor: &SpiffeId,
-    federation_token: &str,
-    crossing: &str,
-    dep: u32,
-    scope: &ScopeSet,
-    task: &str,
-    now: Instant,
-    exp: Instant,
+    l: &CrossingLink<'_>,
 ) -> Result<String, MintError> {
-    if scope.is_empty() {
+    if l.scope.is_empty() {
         return Err(invalid("crossing link needs at least one scope"));
     }
-    if exp <= now {
+    if l.exp <= l.now {
         return Err(invalid("crossing link would already be expired"));
     }
     let claims = LinkClaims {
-        iss: gateway.to_string(),
-        sub: target.to_string(),
+        iss: l.gateway.to_string(),
+        sub: l.target.to_string(),
         sub_type: SUB_AGENT.into(),
-        dlg: Some(foreign_actor.to_string()),
-        scope: scope.to_strings(),
-        task: task.to_string(),
-        iat: now,
-        exp,
-        prev: Some(link_hash(federation_token)),
+        dlg: Some(l.foreign_actor.to_string()),
+        scope: l.scope.to_strings(),
+        task: l.task.to_string(),
+        iat: l.now,
+        exp: l.exp,
+        prev: Some(link_hash(l.federation_token)),
         jti: random_id(),
-        crossing: Some(crossing.to_string()),
-        dep: Some(dep),
+        crossing: Some(l.crossing.to_string()),
+        dep: Some(l.dep),
+        agr: (!l.agreement.is_empty()).then(|| l.agreement.to_string()),
+        prn: l.principal.map(String::from),
     };
     mint_link(LinkSigner::Kid(gateway_key), &claims)
 }

@@ -11,7 +11,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use mint::{extend, issue, mint_crossing_link, mint_link, LinkSigner, MintError};
+pub use mint::{extend, issue, mint_crossing_link, mint_link, CrossingLink, LinkSigner, MintError};
 pub use verify::{
     ChainError, ChainErrorKind, Holder, LinkSummary, NoRevocations, Policy, RevocationKind,
     Revocations, Root, SignerKind, UnverifiedChain, VerifiedChain,
@@ -67,6 +67,12 @@ pub struct LinkClaims {
     /// Crossing links only: links counted before this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dep: Option<u32>,
+    /// Crossing links only: the agreement (`<id>@<hash>`) the crossing was under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agr: Option<String>,
+    /// Crossing links only: the root principal as the sending domain disclosed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prn: Option<String>,
 }
 
 /// `prev` of a link: base64url (no padding) SHA-256 of the previous link's compact JWS.

@@ -305,6 +305,8 @@ fn extend_unchecked(
         jti: crate::crypto::random_id(),
         crossing: None,
         dep: None,
+        agr: None,
+        prn: None,
     };
     format!(
         "{chain}~{}",
@@ -352,16 +354,20 @@ fn crossing_root_verifies_and_counts_dep() {
     let worker = fx.vendor.agent("worker", "w1", NOW - 60).unwrap();
     let link = mint_crossing_link(
         &fx.vendor.gateway_key,
-        &fx.vendor.gateway_id,
-        &analytics.id,
-        &fx.planning.id,
-        "the.federation.token",
-        "jti-1",
-        2,
-        &scopes(&["analytics:run"]),
-        "task-12345",
-        NOW,
-        NOW + 600,
+        &CrossingLink {
+            gateway: &fx.vendor.gateway_id,
+            target: &analytics.id,
+            foreign_actor: &fx.planning.id,
+            federation_token: "the.federation.token",
+            crossing: "jti-1",
+            dep: 2,
+            scope: &scopes(&["analytics:run"]),
+            task: "task-12345",
+            agreement: "a@sha256:00",
+            principal: None,
+            now: NOW,
+            exp: NOW + 600,
+        },
     )
     .unwrap();
     let v = verify(&fx, &link).unwrap();
@@ -392,32 +398,40 @@ fn crossing_root_verifies_and_counts_dep() {
     // A crossing link for an agent of another domain is not a valid root.
     let bad = mint_crossing_link(
         &fx.vendor.gateway_key,
-        &fx.vendor.gateway_id,
-        &fx.inventory.id,
-        &fx.planning.id,
-        "t",
-        "j",
-        2,
-        &scopes(&["a"]),
-        "t",
-        NOW,
-        NOW + 60,
+        &CrossingLink {
+            gateway: &fx.vendor.gateway_id,
+            target: &fx.inventory.id,
+            foreign_actor: &fx.planning.id,
+            federation_token: "t",
+            crossing: "j",
+            dep: 2,
+            scope: &scopes(&["a"]),
+            task: "t",
+            agreement: "a@sha256:00",
+            principal: None,
+            now: NOW,
+            exp: NOW + 60,
+        },
     )
     .unwrap();
     assert_eq!(reason(verify(&fx, &bad)), (Reason::BadRoot, Some(0)));
     // The foreign actor must be foreign.
     let bad = mint_crossing_link(
         &fx.vendor.gateway_key,
-        &fx.vendor.gateway_id,
-        &analytics.id,
-        &worker.id,
-        "t",
-        "j",
-        2,
-        &scopes(&["a"]),
-        "t",
-        NOW,
-        NOW + 60,
+        &CrossingLink {
+            gateway: &fx.vendor.gateway_id,
+            target: &analytics.id,
+            foreign_actor: &worker.id,
+            federation_token: "t",
+            crossing: "j",
+            dep: 2,
+            scope: &scopes(&["a"]),
+            task: "t",
+            agreement: "a@sha256:00",
+            principal: None,
+            now: NOW,
+            exp: NOW + 60,
+        },
     )
     .unwrap();
     assert_eq!(reason(verify(&fx, &bad)).0, Reason::BadRoot);

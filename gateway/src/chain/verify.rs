@@ -16,7 +16,7 @@ use crate::jose::{parse_compact, JoseError, VerifyingKey};
 use crate::reason::Reason;
 use crate::scope::ScopeSet;
 use crate::spiffe::svid::{leaf_verifying_key, verify_svid, SvidError, SvidUsage};
-use crate::spiffe::{BundleSet, SpiffeId};
+use crate::spiffe::{BundleSet, KeyError, KeyRole, SpiffeId};
 use crate::time::Instant;
 
 /// What verification accepts beyond the spec's fixed rules.
@@ -215,6 +215,10 @@ pub enum Root {
         crossing: String,
         foreign_actor: SpiffeId,
         dep: u32,
+        /// The agreement the crossing was under (`agr`), when the link names it.
+        agreement: Option<String>,
+        /// The root principal as the sending domain disclosed it (`prn`).
+        principal: Option<String>,
     },
 }
 
@@ -447,14 +451,41 @@ impl<'a> UnverifiedChain<'a> {
                             ChainErrorKind::UnknownDomain(iss.trust_domain_str().into()),
                         )
                     })?;
-                    let key = bundle.jwt_key(kid).ok_or_else(|| {
-                        ChainError::at(
-                            i,
-                            ChainErrorKind::UnknownKey(format!(
-                                "kid {kid:?} not in {}",
-                                iss.trust_domain_str()
-                            )),
-                        )
+                    // Keys have roles: a human's grant and a human's delegation are the
+                    // IdP's to sign; a crossing link (an agent-rooted L0) the gateway's.
+                    let human_side = match &prev {
+                        None => claims.sub_type == SUB_HUMAN,
+                        Some(p) => p.claims.sub_type == SUB_HUMAN,
+                    };
+                    let role = if human_side {
+                        KeyRole::Idp
+                    } else {
+                        KeyRole::Gateway
+                    };
+                    let key = bundle.jwt_key(kid, role).map_err(|e| match e {
+                        KeyError::Unknown(..) => {
+                            ChainError::at(i, ChainErrorKind::UnknownKey(e.to_string()))
+                        }
+                        // A root whose issuer is not an accepted IdP or gateway at all is a bad
+                        // root (rule 2), whatever key signed it.
+                        KeyError::WrongRole { .. }
+                            if prev.is_none() && !root_issuer_accepted(&iss, role, policy) =>
+                        {
+                            ChainError::at(
+                                i,
+                                ChainErrorKind::BadRoot(format!(
+                                    "{iss} is not an accepted {}",
+                                    if role == KeyRole::Idp {
+                                        "IdP"
+                                    } else {
+                                        "gateway"
+                                    }
+                                )),
+                            )
+                        }
+                        KeyError::WrongRole { .. } => {
+                            ChainError::at(i, ChainErrorKind::WrongSigner(e.to_string()))
+                        }
                     })?;
                     c.verify_with(key).map_err(|e| jose_err(i, e))?;
                     None
@@ -534,10 +565,14 @@ impl<'a> UnverifiedChain<'a> {
                             }
                         }
                     }
-                    if claims.crossing.is_some() || claims.dep.is_some() {
+                    if claims.crossing.is_some()
+                        || claims.dep.is_some()
+                        || claims.agr.is_some()
+                        || claims.prn.is_some()
+                    {
                         return Err(malformed(
                             i,
-                            "crossing and dep belong to a root crossing link only",
+                            "crossing, dep, agr and prn belong to a root crossing link only",
                         ));
                     }
                     // Rule 4: the right signer.
@@ -595,7 +630,7 @@ impl<'a> UnverifiedChain<'a> {
                 }
             };
             // Rule 6: times of every link.
-            if claims.iat > now + policy.skew {
+            if claims.iat > now.saturating_add(policy.skew) {
                 return Err(ChainError::at(i, ChainErrorKind::NotYetValid(claims.iat)));
             }
             if now >= claims.exp {
@@ -630,17 +665,7 @@ impl<'a> UnverifiedChain<'a> {
             _ => Holder::Human(last.claims.sub.clone()),
         };
 
-        // Rule 8: revocation of any link, agent, the task or the root principal.
-        self.check_revocations(
-            &root,
-            &root_domain,
-            &summaries,
-            &last.claims.task,
-            revocations,
-            now,
-        )?;
-
-        Ok(VerifiedChain {
+        let v = VerifiedChain {
             holder,
             scope: last.scope,
             task: last.claims.task,
@@ -651,7 +676,10 @@ impl<'a> UnverifiedChain<'a> {
             digest: chain_digest(self.raw),
             links: summaries,
             root_domain,
-        })
+        };
+        // Rule 8: revocation of any link, agent, the task or the root principal.
+        v.revoked(revocations, now)?;
+        Ok(v)
     }
 
     /// Rule 2: a human grant by an accepted IdP, or a crossing link by an accepted gateway.
@@ -672,19 +700,19 @@ impl<'a> UnverifiedChain<'a> {
         }
         match sub_agent {
             None => {
-                let ok = match &policy.idps {
-                    Some(list) => list.contains(iss),
-                    None => iss.path() == "/idp",
-                };
-                if !ok {
+                if !root_issuer_accepted(iss, KeyRole::Idp, policy) {
                     return Err(bad(&format!("{iss} is not an accepted IdP")));
                 }
                 if claims.dlg.is_some()
                     || claims.prev.is_some()
                     || claims.crossing.is_some()
                     || claims.dep.is_some()
+                    || claims.agr.is_some()
+                    || claims.prn.is_some()
                 {
-                    return Err(bad("a human grant has no dlg, prev, crossing or dep"));
+                    return Err(bad(
+                        "a human grant has no dlg, prev, crossing, dep, agr or prn",
+                    ));
                 }
                 Ok((
                     Root::Human {
@@ -695,11 +723,7 @@ impl<'a> UnverifiedChain<'a> {
                 ))
             }
             Some(target) => {
-                let ok = match &policy.gateways {
-                    Some(list) => list.contains(iss),
-                    None => iss.path() == "/gateway",
-                };
-                if !ok {
+                if !root_issuer_accepted(iss, KeyRole::Gateway, policy) {
                     return Err(bad(&format!("{iss} is not an accepted gateway")));
                 }
                 if !target.in_domain(&iss.trust_domain()) {
@@ -732,35 +756,49 @@ impl<'a> UnverifiedChain<'a> {
                         crossing,
                         foreign_actor: foreign,
                         dep,
+                        agreement: claims.agr.clone(),
+                        principal: claims.prn.clone(),
                     },
                     SignerKind::Gateway,
                 ))
             }
         }
     }
+}
 
-    fn check_revocations(
-        &self,
-        root: &Root,
-        root_domain: &str,
-        links: &[LinkSummary],
-        task: &str,
-        rev: &dyn Revocations,
-        now: Instant,
-    ) -> Result<(), ChainError> {
+/// Whether `iss` may root a chain in `role` (rule 2): a configured IdP or gateway, or by
+/// default the conventional `spiffe://<td>/idp` / `spiffe://<td>/gateway`.
+fn root_issuer_accepted(iss: &SpiffeId, role: KeyRole, policy: &Policy) -> bool {
+    let (list, path) = match role {
+        KeyRole::Idp => (&policy.idps, "/idp"),
+        _ => (&policy.gateways, "/gateway"),
+    };
+    match list {
+        Some(list) => list.contains(iss),
+        None => iss.path() == path,
+    }
+}
+
+impl VerifiedChain {
+    /// Rule 8 of SPEC section 3: no link, agent, the task or the root principal is revoked at
+    /// `now`. The one revocation check of a chain, for a fresh verification and for a chain
+    /// taken from a cache alike. Each value is looked up under the domain that owns it: links
+    /// and agents under their own domain; the task and, for a crossing-rooted chain, the
+    /// crossing and its foreign actor under the domain where the task started.
+    pub fn revoked(&self, rev: &dyn Revocations, now: Instant) -> Result<(), ChainError> {
         let revoked =
             |i: usize, what: String| Err(ChainError::at(i, ChainErrorKind::Revoked(what)));
-        // Values that belong to the domain where the task started.
-        let task_owner = match root {
+        let task_owner = match &self.root {
             Root::Human { principal, .. } => {
-                if rev.is_revoked(root_domain, RevocationKind::Principal, principal, now) {
+                if rev.is_revoked(&self.root_domain, RevocationKind::Principal, principal, now) {
                     return revoked(0, format!("principal {principal}"));
                 }
-                root_domain.to_string()
+                self.root_domain.clone()
             }
             Root::Crossing {
                 crossing,
                 foreign_actor,
+                principal,
                 ..
             } => {
                 let fd = foreign_actor.trust_domain_str().to_string();
@@ -770,13 +808,18 @@ impl<'a> UnverifiedChain<'a> {
                 if rev.is_revoked(&fd, RevocationKind::Agent, foreign_actor.as_str(), now) {
                     return revoked(0, format!("agent {foreign_actor}"));
                 }
+                if let Some(p) = principal {
+                    if rev.is_revoked(&fd, RevocationKind::Principal, p, now) {
+                        return revoked(0, format!("principal {p}"));
+                    }
+                }
                 fd
             }
         };
-        if rev.is_revoked(&task_owner, RevocationKind::Task, task, now) {
-            return revoked(0, format!("task {task}"));
+        if rev.is_revoked(&task_owner, RevocationKind::Task, &self.task, now) {
+            return revoked(0, format!("task {}", self.task));
         }
-        for (i, l) in links.iter().enumerate() {
+        for (i, l) in self.links.iter().enumerate() {
             let link_domain = SpiffeId::parse(&l.iss)
                 .map(|s| s.trust_domain_str().to_string())
                 .unwrap_or_default();

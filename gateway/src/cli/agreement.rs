@@ -148,9 +148,9 @@ pub fn run(cmd: AgreementCmd) -> CliResult {
                 let b = set
                     .get(&td)
                     .ok_or_else(|| usage(format!("no bundle for {td} in {}", dir.display())))?;
-                if b.jwt_key(sk.kid()) != Some(sk.public()) {
+                if b.jwt_key(sk.kid(), crate::spiffe::KeyRole::Gateway) != Ok(sk.public()) {
                     return Err(usage(format!(
-                        "the key (kid {}) is not a jwt-svid authority of {td}'s bundle",
+                        "the key (kid {}) is not a gateway key of {td}'s bundle",
                         sk.kid()
                     )));
                 }

@@ -74,9 +74,10 @@ pub fn run(cmd: BundleCmd) -> CliResult {
                         }
                         for a in &b.jwt {
                             println!(
-                                "  jwt-svid authority: kid {} ({})",
+                                "  jwt-svid authority: kid {} ({}, role {})",
                                 a.kid,
-                                a.key.alg().as_str()
+                                a.key.alg().as_str(),
+                                a.role.map(|r| r.as_str()).unwrap_or("none")
                             );
                         }
                         for sk in &b.skipped {

@@ -165,6 +165,7 @@ pub fn write_domain(args: &InitArgs, dir: &Path, now: i64) -> Result<(), CliErro
         upstreams: vec![],
         strip: Strip {
             extra_headers: vec!["X-Api-Key".into()],
+            ingress_headers: vec![],
         },
         policy: Default::default(),
         chain: Default::default(),

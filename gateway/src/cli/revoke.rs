@@ -81,15 +81,8 @@ pub fn revoke(a: RevokeArgs) -> CliResult {
         chain,
         key: crate::files::read_private_key_der(&key).map_err(usage)?,
     };
-    let trust = Arc::new(crate::server::state::TrustHandle::new(
-        crate::server::state::Trust {
-            bundles: set,
-            agreements: vec![],
-            policy: None,
-            strip_extra: vec![],
-            partners: vec![],
-            generation: 0,
-        },
+    let trust = Arc::new(crate::server::trust::TrustHandle::new(
+        crate::server::trust::Trust::with_bundles(set),
     ));
     let verifier = Arc::new(crate::server::tls::SpiffeServerVerifier::in_domain(
         trust,

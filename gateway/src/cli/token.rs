@@ -62,10 +62,9 @@ fn check(
         .kid
         .as_deref()
         .ok_or((Reason::Malformed, "no kid".to_string()))?;
-    let key = bundle.jwt_key(kid).ok_or((
-        Reason::UnknownKey,
-        format!("kid {kid:?} not in {}", iss.trust_domain_str()),
-    ))?;
+    let key = bundle
+        .jwt_key(kid, crate::spiffe::KeyRole::Gateway)
+        .map_err(|e| (e.reason(), e.to_string()))?;
     c.verify_with(key).map_err(|_| {
         (
             Reason::BadSignature,
@@ -75,10 +74,10 @@ fn check(
     if claims.aud != audience.as_str() {
         return Err((Reason::WrongAudience, format!("aud is {}", claims.aud)));
     }
-    if claims.nbf > now + skew {
+    if claims.nbf > now.saturating_add(skew) || claims.iat > now.saturating_add(skew) {
         return Err((Reason::NotYetValid, "not yet valid".into()));
     }
-    if now >= claims.exp + skew {
+    if now >= claims.exp.saturating_add(skew) {
         return Err((
             Reason::Expired,
             format!("expired at {}", crate::time::format_rfc3339(claims.exp)),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::RevocationKind;
 use crate::jose::{parse_compact, sign_compact, JoseError, SigningKey};
-use crate::spiffe::{BundleSet, SpiffeId};
+use crate::spiffe::{BundleSet, KeyRole, SpiffeId};
 
 pub const TYP_NOTICE: &str = "revocation+jwt";
 /// Longest revoked value (a SPIFFE ID is at most 2048 bytes).
@@ -49,7 +49,9 @@ pub fn verify_notice(
     let bundle = bundles
         .get_str(iss.trust_domain_str())
         .ok_or_else(|| format!("no bundle for {}", iss.trust_domain_str()))?;
-    let key = bundle.jwt_key(kid).ok_or("unknown kid")?;
+    let key = bundle
+        .jwt_key(kid, KeyRole::Gateway)
+        .map_err(|e| e.to_string())?;
     c.verify_with(key).map_err(|e| e.to_string())?;
     let kind = RevocationKind::parse(&claims.kind)
         .ok_or_else(|| format!("unknown kind {:?}", claims.kind))?;
@@ -95,6 +97,11 @@ mod tests {
         c.value = "spiffe://company.com/agent/planning/p1".into();
         let n = mint_notice(&ve.gateway_key, &c).unwrap();
         assert!(verify_notice(&n, &set).is_err());
+        // Keys have roles: company's IdP key cannot sign a notice.
+        let n = mint_notice(&co.idp_key, &c).unwrap();
+        assert!(verify_notice(&n, &set)
+            .unwrap_err()
+            .contains("not a gateway key"));
         c.kind = "everything".into();
         let n = mint_notice(&co.gateway_key, &c).unwrap();
         assert!(verify_notice(&n, &set).is_err());

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::jose::{parse_compact, sign_compact, JoseError, SigningKey};
-use crate::spiffe::Bundle;
+use crate::spiffe::{Bundle, KeyRole};
 
 pub const TYP_RECEIPT: &str = "receipt+jwt";
 
@@ -33,8 +33,8 @@ pub fn verify_receipt(receipt: &str, bundle: &Bundle) -> Result<ReceiptClaims, S
     }
     let kid = c.header.kid.as_deref().ok_or("no kid")?;
     let key = bundle
-        .jwt_key(kid)
-        .ok_or_else(|| format!("kid {kid:?} is not a key of {}", bundle.trust_domain))?;
+        .jwt_key(kid, KeyRole::Gateway)
+        .map_err(|e| e.to_string())?;
     c.verify_with(key).map_err(|e| e.to_string())?;
     serde_json::from_slice(&c.payload).map_err(|e| format!("claims: {e}"))
 }
@@ -58,5 +58,10 @@ mod tests {
         assert!(verify_receipt(&r, &b.bundle).is_err());
         let forged = r.replacen('.', ".x", 1);
         assert!(verify_receipt(&forged, &a.bundle).is_err());
+        // Keys have roles: the IdP key of the same domain cannot sign receipts.
+        let by_idp = mint_receipt(&a.idp_key, &c).unwrap();
+        assert!(verify_receipt(&by_idp, &a.bundle)
+            .unwrap_err()
+            .contains("not a gateway key"));
     }
 }

@@ -11,7 +11,7 @@ use crate::agreement::{decide_among, Agreement, CrossingRequest, Decision, Direc
 use crate::jose::{parse_compact, sign_compact, JoseError, SigningKey};
 use crate::reason::Reason;
 use crate::scope::ScopeSet;
-use crate::spiffe::{BundleSet, SpiffeId, TrustDomain};
+use crate::spiffe::{BundleSet, KeyRole, SpiffeId, TrustDomain};
 use crate::time::Instant;
 
 pub const TYP_TOKEN: &str = "federation+jwt";
@@ -119,6 +119,39 @@ pub struct VerifiedToken {
     pub direct: bool,
 }
 
+impl VerifiedToken {
+    /// What of this token is revoked at `now`, if anything: its `jti`, agent (`act.sub`), task
+    /// or principal (all owned by the issuing domain), or the target agent of `local`.
+    pub fn revoked(
+        &self,
+        local: &TrustDomain,
+        rev: &dyn crate::chain::Revocations,
+        now: Instant,
+    ) -> Option<String> {
+        use crate::chain::RevocationKind as K;
+        let issuer = self.issuer_td.as_str();
+        let c = &self.claims;
+        if rev.is_revoked(issuer, K::Jti, &c.jti, now) {
+            return Some(format!("token {}", c.jti));
+        }
+        if rev.is_revoked(issuer, K::Agent, &c.act.sub, now) {
+            return Some(format!("agent {}", c.act.sub));
+        }
+        if rev.is_revoked(issuer, K::Task, &c.txn, now) {
+            return Some(format!("task {}", c.txn));
+        }
+        if let Some(p) = c.sub.as_deref() {
+            if rev.is_revoked(issuer, K::Principal, p, now) {
+                return Some(format!("principal {p}"));
+            }
+        }
+        if rev.is_revoked(local.as_str(), K::Agent, &c.tgt, now) {
+            return Some(format!("target agent {}", c.tgt));
+        }
+        None
+    }
+}
+
 /// A refusal: the reason code, what happened, and what is known of the token for the audit
 /// record (whether its signature verified, and its claims if so).
 #[derive(Debug, Clone)]
@@ -139,6 +172,56 @@ fn fail(reason: Reason, m: impl Into<String>) -> TokenError {
         reason,
         message: m.into(),
         claims: None,
+    }
+}
+
+/// The token's times against the agreement (SPEC section 6), in checked arithmetic: a partner
+/// controls every number here, so no subtraction may wrap and every time is bounded by `now`.
+/// `iat` and `nbf` lie within `[now - skew - max_ttl, now + skew]`, `nbf` not before `iat`,
+/// the token has not expired (`exp + skew > now`) and lives at most `max_ttl + skew`.
+pub fn check_times(
+    c: &FederationClaims,
+    skew: i64,
+    max_ttl: i64,
+    now: Instant,
+) -> Result<(), (Reason, String)> {
+    let latest = now.saturating_add(skew);
+    let earliest = now.saturating_sub(skew).saturating_sub(max_ttl);
+    if c.nbf > latest || c.iat > latest {
+        return Err((
+            Reason::NotYetValid,
+            format!(
+                "not valid before {}",
+                crate::time::format_rfc3339(c.nbf.max(c.iat))
+            ),
+        ));
+    }
+    if c.iat < earliest {
+        return Err((
+            Reason::Expired,
+            format!(
+                "issued at {}, longer ago than max_token_ttl allows",
+                crate::time::format_rfc3339(c.iat)
+            ),
+        ));
+    }
+    if c.nbf < c.iat.saturating_sub(skew) {
+        return Err((Reason::Malformed, "nbf is before iat".into()));
+    }
+    if now >= c.exp.saturating_add(skew) {
+        return Err((
+            Reason::Expired,
+            format!("expired at {}", crate::time::format_rfc3339(c.exp)),
+        ));
+    }
+    let lifetime = c.exp.checked_sub(c.iat);
+    match lifetime {
+        Some(l) if l > 0 && l <= max_ttl.saturating_add(skew) => Ok(()),
+        Some(l) if l <= 0 => Err((Reason::Malformed, "exp is not after iat".into())),
+        _ => Err((
+            Reason::ExpiryExtension,
+            format!("lifetime exceeds max_token_ttl {max_ttl}s"),
+        )),
     }
 }
 
@@ -184,12 +267,10 @@ pub fn verify_token(token: &str, ctx: &TokenContext<'_>) -> Result<VerifiedToken
         .bundles
         .get(&issuer_td)
         .ok_or_else(|| fail(Reason::UnknownDomain, format!("no bundle for {issuer_td}")))?;
-    let key = bundle.jwt_key(kid).ok_or_else(|| {
-        fail(
-            Reason::UnknownKey,
-            format!("kid {kid:?} is not a jwt-svid authority of {issuer_td}"),
-        )
-    })?;
+    // Only the issuer domain's gateway keys sign federation tokens (not its IdP or audit key).
+    let key = bundle
+        .jwt_key(kid, KeyRole::Gateway)
+        .map_err(|e| fail(e.reason(), e.to_string()))?;
     c.verify_with(key).map_err(|e| match e {
         JoseError::BadAlg(m) => fail(Reason::BadAlg, m),
         _ => fail(Reason::BadSignature, "signature does not verify"),
@@ -302,32 +383,13 @@ pub fn verify_token(token: &str, ctx: &TokenContext<'_>) -> Result<VerifiedToken
             format!("{iss_id} is not {issuer_td}'s gateway in {agr_id}"),
         ));
     }
-    let skew = agreement.clock_skew;
-    if claims.nbf > ctx.now + skew || claims.iat > ctx.now + skew {
-        return Err(authentic(
-            Reason::NotYetValid,
-            format!(
-                "not valid before {}",
-                crate::time::format_rfc3339(claims.nbf.max(claims.iat))
-            ),
-        ));
-    }
-    if ctx.now >= claims.exp + skew {
-        return Err(authentic(
-            Reason::Expired,
-            format!("expired at {}", crate::time::format_rfc3339(claims.exp)),
-        ));
-    }
-    if claims.exp - claims.iat > agreement.max_token_ttl + skew {
-        return Err(authentic(
-            Reason::ExpiryExtension,
-            format!(
-                "lifetime {}s exceeds max_token_ttl {}s",
-                claims.exp - claims.iat,
-                agreement.max_token_ttl
-            ),
-        ));
-    }
+    check_times(
+        &claims,
+        agreement.clock_skew,
+        agreement.max_token_ttl,
+        ctx.now,
+    )
+    .map_err(|(r, m)| authentic(r, m))?;
     if !actor.in_domain(&issuer_td) {
         return Err(authentic(
             Reason::RuleDenied,

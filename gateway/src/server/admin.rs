@@ -37,15 +37,11 @@ pub async fn guard(
         None => gw.cfg.raw.admin.allow_loopback && conn.remote.ip().is_loopback(),
     };
     if !ok {
-        let who = conn
-            .peer
-            .as_ref()
-            .map(|p| p.id.to_string())
-            .unwrap_or_else(|| conn.remote.to_string());
-        tracing::warn!(%who, "admin request refused");
+        // Not an admin: counted and side-logged like any unauthenticated refusal.
+        let d = super::refuse_unauthenticated(&gw, "admin", &conn, Reason::NotHolder, "admin only");
         return (
             StatusCode::FORBIDDEN,
-            axum::Json(serde_json::json!({"error": "admin only", "reason": "not_holder"})),
+            axum::Json(serde_json::json!({"error": "admin only", "reason": d.reason.code()})),
         )
             .into_response();
     }
@@ -62,6 +58,33 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         &[],
         gw.trust.get().generation as f64,
     );
+    for (name, kind) in [
+        ("internal", super::tls::ListenerKind::Internal),
+        ("federation", super::tls::ListenerKind::Federation),
+        ("admin", super::tls::ListenerKind::Admin),
+    ] {
+        let c = gw.connections(kind).counts();
+        gw.metrics.set(
+            "fedgate_connections",
+            &[("listener", name), ("state", "authenticated")],
+            c.total.saturating_sub(c.unauthenticated) as f64,
+        );
+        gw.metrics.set(
+            "fedgate_connections",
+            &[("listener", name), ("state", "unauthenticated")],
+            c.unauthenticated as f64,
+        );
+        gw.metrics.set(
+            "fedgate_connections_evicted",
+            &[("listener", name)],
+            c.evicted as f64,
+        );
+        gw.metrics.set(
+            "fedgate_connections_refused",
+            &[("listener", name)],
+            c.refused as f64,
+        );
+    }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         gw.metrics.render(),
@@ -238,6 +261,17 @@ pub async fn revoke(State(gw): State<Arc<Gateway>>, body: Body) -> Response {
         return Denial::new(Reason::Malformed, "value must be 1-2048 bytes", &id)
             .described()
             .into_response();
+    }
+    if let Some(u) = req.until {
+        if u != 0 && u <= now {
+            return Denial::new(
+                Reason::Malformed,
+                "until must be in the future (or 0: for good)",
+                &id,
+            )
+            .described()
+            .into_response();
+        }
     }
     if kind == RevocationKind::Agent {
         match crate::spiffe::SpiffeId::parse(&req.value) {

@@ -38,6 +38,49 @@ fn default_watch() -> bool {
 /// not bulk data; larger transfers should not ride on a delegation.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+// Connection and request limits: the defaults an edge proxy ships (Envoy's edge profile), each a
+// `[limits]` key. Every listener applies them on its own.
+
+/// A TLS handshake that takes longer is dropped: an honest peer needs milliseconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: &str = "5s";
+/// Request headers must arrive within this (HTTP/1 slowloris; also bounds an idle keep-alive
+/// connection waiting for its next request).
+pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
+/// A request body must arrive within this once its headers have (slow-body attacks).
+pub const DEFAULT_BODY_TIMEOUT: &str = "30s";
+/// A connection with no request in flight is closed after this (HTTP/2 included).
+pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+/// The same for connections without a client certificate (bundle fetches, refused callers).
+pub const DEFAULT_UNAUTH_IDLE_TIMEOUT: &str = "10s";
+/// Open connections per listener: bounded file descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Connections per authenticated peer (its SPIFFE ID): one peer cannot take the listener.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
+/// Connections not (yet) authenticated by a client certificate, per listener: when full, the
+/// oldest is closed to make room, so a flood cannot lock out a partner's new handshake.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 512;
+/// Unauthenticated connections per source address (same eviction).
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 64;
+/// Largest request head (HTTP/1 header buffer, HTTP/2 header list): agent requests carry a
+/// chain of at most 64 KiB in one header, so this leaves room for it and little else.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 96 * 1024;
+/// Most request headers (HTTP/1).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Concurrent HTTP/2 streams per connection.
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
+/// HTTP/2 keep-alive ping interval (a dead peer is found within interval + 10 s).
+pub const DEFAULT_H2_KEEPALIVE: &str = "20s";
+/// Denials answered per second per source before it is rate-limited (`rate_limited`): a
+/// partner or agent that keeps being refused cannot fill the audit log of record.
+pub const DEFAULT_DENIALS_PER_SECOND: u32 = 20;
+/// Burst of denials per source before the rate applies.
+pub const DEFAULT_DENIAL_BURST: u32 = 100;
+/// Request bodies the egress may buffer at once, summed over all requests (each is read whole
+/// to look for smuggled chains): bounded memory under many large uploads.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+/// hyper's smallest header buffer.
+const MIN_HEADER_BYTES: usize = 8192;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -114,8 +157,12 @@ pub struct Upstream {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Strip {
+    /// Removed on egress, besides the fixed list.
     #[serde(default)]
     pub extra_headers: Vec<String>,
+    /// Removed on ingress before an upstream sees the request, besides the fixed list.
+    #[serde(default)]
+    pub ingress_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -144,14 +191,27 @@ impl Default for ChainCfg {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    #[serde(default = "default_body_limit")]
     pub max_body_bytes: usize,
-    #[serde(default = "default_partner_timeout")]
     pub partner_timeout: String,
-    #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout: String,
+    pub handshake_timeout: String,
+    pub header_timeout: String,
+    pub body_timeout: String,
+    pub idle_timeout: String,
+    pub unauthenticated_idle_timeout: String,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_ip: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub h2_max_streams: u32,
+    pub h2_keepalive: String,
+    pub denials_per_second: u32,
+    pub denial_burst: u32,
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for Limits {
@@ -160,7 +220,98 @@ impl Default for Limits {
             max_body_bytes: default_body_limit(),
             partner_timeout: default_partner_timeout(),
             upstream_timeout: default_upstream_timeout(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT.into(),
+            header_timeout: DEFAULT_HEADER_TIMEOUT.into(),
+            body_timeout: DEFAULT_BODY_TIMEOUT.into(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT.into(),
+            unauthenticated_idle_timeout: DEFAULT_UNAUTH_IDLE_TIMEOUT.into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            h2_max_streams: DEFAULT_H2_MAX_STREAMS,
+            h2_keepalive: DEFAULT_H2_KEEPALIVE.into(),
+            denials_per_second: DEFAULT_DENIALS_PER_SECOND,
+            denial_burst: DEFAULT_DENIAL_BURST,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
         }
+    }
+}
+
+/// The connection limits every listener applies (from `[limits]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnLimits {
+    pub handshake_timeout: std::time::Duration,
+    pub header_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    pub unauthenticated_idle_timeout: std::time::Duration,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_ip: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub h2_max_streams: u32,
+    pub h2_keepalive: std::time::Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        let mut p = Vec::new();
+        conn_limits(&Limits::default(), &mut p)
+    }
+}
+
+fn conn_limits(l: &Limits, p: &mut Vec<String>) -> ConnLimits {
+    let ms = |name: &str, s: &str, p: &mut Vec<String>| -> std::time::Duration {
+        match crate::time::parse_duration_millis(s) {
+            Ok(0) => {
+                p.push(format!("limits.{name}: must be positive"));
+                std::time::Duration::from_secs(1)
+            }
+            Ok(v) => std::time::Duration::from_millis(v),
+            Err(e) => {
+                p.push(format!("limits.{name}: {e}"));
+                std::time::Duration::from_secs(1)
+            }
+        }
+    };
+    let count = |name: &str, v: usize, p: &mut Vec<String>| {
+        if v == 0 {
+            p.push(format!("limits.{name}: must be positive"));
+        }
+        v.max(1)
+    };
+    if l.max_header_bytes < MIN_HEADER_BYTES || l.max_header_bytes > 1 << 20 {
+        p.push(format!(
+            "limits.max_header_bytes: must be {MIN_HEADER_BYTES}..=1MiB"
+        ));
+    }
+    ConnLimits {
+        handshake_timeout: ms("handshake_timeout", &l.handshake_timeout, p),
+        header_timeout: ms("header_timeout", &l.header_timeout, p),
+        body_timeout: ms("body_timeout", &l.body_timeout, p),
+        idle_timeout: ms("idle_timeout", &l.idle_timeout, p),
+        unauthenticated_idle_timeout: ms(
+            "unauthenticated_idle_timeout",
+            &l.unauthenticated_idle_timeout,
+            p,
+        ),
+        max_connections: count("max_connections", l.max_connections, p),
+        max_connections_per_peer: count("max_connections_per_peer", l.max_connections_per_peer, p),
+        max_unauthenticated: count("max_unauthenticated", l.max_unauthenticated, p),
+        max_unauthenticated_per_ip: count(
+            "max_unauthenticated_per_ip",
+            l.max_unauthenticated_per_ip,
+            p,
+        ),
+        max_header_bytes: l.max_header_bytes.clamp(MIN_HEADER_BYTES, 1 << 20),
+        max_headers: count("max_headers", l.max_headers, p),
+        h2_max_streams: count("h2_max_streams", l.h2_max_streams as usize, p) as u32,
+        h2_keepalive: ms("h2_keepalive", &l.h2_keepalive, p),
     }
 }
 
@@ -206,6 +357,7 @@ pub struct Validated {
     pub pseudonym_key: PathBuf,
     pub upstreams: Vec<(IdPattern, UpstreamUrl)>,
     pub strip_extra: Vec<String>,
+    pub strip_ingress: Vec<String>,
     pub rego: Vec<PathBuf>,
     pub max_links: usize,
     pub clock_skew: i64,
@@ -214,6 +366,10 @@ pub struct Validated {
     pub upstream_timeout: i64,
     pub key_prepublish: i64,
     pub watch: bool,
+    pub conn: ConnLimits,
+    pub denials_per_second: u32,
+    pub denial_burst: u32,
+    pub max_buffered_bytes: usize,
 }
 
 /// Where inbound crossings for a target go.
@@ -354,13 +510,18 @@ impl GatewayConfig {
                 upstreams.push((pat, url));
             }
         }
-        let mut strip_extra = Vec::new();
-        for (i, h) in self.strip.extra_headers.iter().enumerate() {
-            match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) => strip_extra.push(n.as_str().to_string()),
-                Err(_) => p.push(format!("strip.extra_headers[{i}]: not a valid header name")),
+        let header_list = |key: &str, list: &[String], p: &mut Vec<String>| {
+            let mut out = Vec::new();
+            for (i, h) in list.iter().enumerate() {
+                match http::HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(n) => out.push(n.as_str().to_string()),
+                    Err(_) => p.push(format!("strip.{key}[{i}]: not a valid header name")),
+                }
             }
-        }
+            out
+        };
+        let strip_extra = header_list("extra_headers", &self.strip.extra_headers, &mut p);
+        let strip_ingress = header_list("ingress_headers", &self.strip.ingress_headers, &mut p);
         let dur = |name: &str, s: &str, p: &mut Vec<String>| -> i64 {
             crate::time::parse_duration(s)
                 .map_err(|e| p.push(format!("{name}: {e}")))
@@ -403,6 +564,13 @@ impl GatewayConfig {
             &self.lifecycle.key_prepublish,
             &mut p,
         );
+        let conn = conn_limits(&self.limits, &mut p);
+        if self.limits.denials_per_second == 0 || self.limits.denial_burst == 0 {
+            p.push("limits.denials_per_second, limits.denial_burst: must be positive".into());
+        }
+        if self.limits.max_buffered_bytes < self.limits.max_body_bytes {
+            p.push("limits.max_buffered_bytes: must be at least limits.max_body_bytes".into());
+        }
         // Files that must exist before binding.
         let must_exist = |name: &str, x: &Path, p: &mut Vec<String>| {
             if !x.exists() {
@@ -458,6 +626,7 @@ impl GatewayConfig {
                 pseudonym_key,
                 upstreams,
                 strip_extra,
+                strip_ingress,
                 rego,
                 max_links: self.chain.max_links,
                 clock_skew,
@@ -466,6 +635,10 @@ impl GatewayConfig {
                 upstream_timeout,
                 key_prepublish,
                 watch: self.lifecycle.watch,
+                conn,
+                denials_per_second: self.limits.denials_per_second,
+                denial_burst: self.limits.denial_burst,
+                max_buffered_bytes: self.limits.max_buffered_bytes,
             }),
             _ => Err(vec!["config is incomplete".into()]),
         }

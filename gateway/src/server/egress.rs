@@ -15,8 +15,9 @@ use tracing::Instrument;
 
 use super::deny::Denial;
 use super::proxy;
-use super::state::{Gateway, Trust};
+use super::state::Gateway;
 use super::tls::ConnInfo;
+use super::trust::Trust;
 use super::{append, base_record};
 use crate::agreement::rego::crossing_input;
 use crate::agreement::{
@@ -103,10 +104,11 @@ pub async fn authorize(
     };
     rec.txn = Some(chain.task.clone());
     rec.depth = Some(chain.depth as u64);
-    // A cached chain is re-checked against revocations (cheap, in memory).
-    if let Some(reason) = revoked_since(gw, &chain, now) {
+    // A cached chain is re-checked against revocations (cheap, in memory), with the same
+    // check a fresh verification runs.
+    if let Err(e) = chain.revoked(&gw.state, now) {
         gw.chains.clear();
-        return Err(refuse(gw, rec, Reason::Revoked, reason).await);
+        return Err(refuse(gw, rec, Reason::Revoked, e.to_string()).await);
     }
     let holder = match chain.holder.agent() {
         Some(h) if *h == peer.id => h.clone(),
@@ -203,34 +205,6 @@ pub async fn authorize(
         trust,
         record: rec,
     })
-}
-
-/// Revocations that arrived after a chain was cached.
-fn revoked_since(gw: &Gateway, chain: &VerifiedChain, now: i64) -> Option<String> {
-    use crate::chain::{RevocationKind as K, Revocations};
-    let d = chain.root_domain.as_str();
-    if gw.state.is_revoked(d, K::Task, &chain.task, now) {
-        return Some(format!("task {}", chain.task));
-    }
-    if let crate::chain::Root::Human { principal, .. } = &chain.root {
-        if gw.state.is_revoked(d, K::Principal, principal, now) {
-            return Some(format!("principal {principal}"));
-        }
-    }
-    for l in &chain.links {
-        for who in [&l.iss, &l.sub] {
-            if let Ok(id) = SpiffeId::parse(who) {
-                if id.agent_type().is_some()
-                    && gw
-                        .state
-                        .is_revoked(id.trust_domain_str(), K::Agent, id.as_str(), now)
-                {
-                    return Some(format!("agent {id}"));
-                }
-            }
-        }
-    }
-    None
 }
 
 /// Mints the federation token for an authorized crossing and fills the allow record.
@@ -351,10 +325,14 @@ pub async fn token(
     body: Body,
 ) -> Response {
     let now = crate::time::now();
+    if let Some(d) = budget(&gw, &conn) {
+        return d.oauth().into_response();
+    }
     let mut rec = base_record(&gw, "outbound", &crate::crypto::random_id(), false);
     rec.mode = Some("token_exchange".into());
     rec.source = conn.peer.as_ref().map(|p| p.id.to_string());
-    let (chain, audience, scope) = match proxy::read_body(body, MAX_FORM_BYTES).await {
+    let read = proxy::read_body_within(body, MAX_FORM_BYTES, gw.cfg.conn.body_timeout).await;
+    let (chain, audience, scope) = match read {
         Err(proxy::BodyError::TooLarge) => {
             return refuse(&gw, rec, Reason::TooLarge, "form too large".into())
                 .await
@@ -406,7 +384,7 @@ pub async fn token(
         "access_token": token,
         "issued_token_type": ISSUED_TOKEN_TYPE,
         "token_type": "N_A",
-        "expires_in": (claims.exp - now).max(0),
+        "expires_in": claims.exp.saturating_sub(now).max(0),
         "scope": claims.scope,
     });
     let mut r = (StatusCode::OK, axum::Json(body)).into_response();
@@ -415,6 +393,21 @@ pub async fn token(
         http::HeaderValue::from_static("no-store"),
     );
     r
+}
+
+/// The internal listener requires a client certificate at the TLS layer, so every caller is an
+/// authenticated local agent; one that keeps being denied is slowed down.
+fn budget(gw: &Gateway, conn: &ConnInfo) -> Option<Denial> {
+    match &conn.peer {
+        Some(p) => super::over_budget(gw, "internal", conn, p.id.as_str()),
+        None => Some(super::refuse_unauthenticated(
+            gw,
+            "internal",
+            conn,
+            Reason::NotHolder,
+            "a client certificate is required",
+        )),
+    }
 }
 
 fn one_header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, String> {
@@ -439,6 +432,9 @@ pub async fn egress(
 ) -> Response {
     let now = crate::time::now();
     let started = Clock::now();
+    if let Some(d) = budget(&gw, &conn) {
+        return d.into_response();
+    }
     let fields = (
         one_header(&headers, "delegation-chain"),
         one_header(&headers, "fedgate-target"),
@@ -463,8 +459,68 @@ pub async fn egress(
         Err(d) => return d.into_response(),
     };
     let path = uri.path().strip_prefix("/egress").unwrap_or("/");
+    let path = if path.is_empty() { "/" } else { path };
     let query = uri.query().unwrap_or("");
-    let body = match proxy::read_body(body, gw.cfg.max_body_bytes).await {
+    if let Some(why) = super::ingress::path_problem(path) {
+        let m = format!("the path is not in canonical form: {why}");
+        return refuse(&gw, a.record, Reason::Malformed, m)
+            .await
+            .into_response();
+    }
+    // Where it goes, and over which connection, is settled before anything is recorded as
+    // allowed: after the allow record every way out writes an outcome.
+    let Some(partner) = a.agreement.domain_str(a.target.trust_domain_str()).cloned() else {
+        let m = "agreement does not name the partner".to_string();
+        return refuse(&gw, a.record, Reason::NoAgreement, m)
+            .await
+            .into_response();
+    };
+    let url = format!(
+        "{}/ingress{}{}{}",
+        partner.gateway_url,
+        path,
+        if query.is_empty() { "" } else { "?" },
+        query
+    );
+    let Ok(partner_uri) = url.parse::<Uri>() else {
+        let m = "path does not form a valid URL".to_string();
+        return refuse(&gw, a.record, Reason::Malformed, m)
+            .await
+            .into_response();
+    };
+    let client = match gw.partner_client(&partner.gateway_id) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(&gw, a.record, Reason::PartnerUnavailable, e)
+                .await
+                .into_response()
+        }
+    };
+    // Request bodies are read whole (to look for smuggled chains), within a time limit and a
+    // budget shared by every request, so many large uploads cannot exhaust memory.
+    let want = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(gw.cfg.max_body_bytes)
+        .min(gw.cfg.max_body_bytes)
+        .max(1);
+    let permit = match tokio::time::timeout(
+        gw.cfg.conn.body_timeout,
+        gw.buffer_budget.clone().acquire_many_owned(want as u32),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        _ => {
+            let m = "the gateway is buffering too many request bodies; retry later".to_string();
+            return refuse(&gw, a.record, Reason::RateLimited, m)
+                .await
+                .into_response();
+        }
+    };
+    // `want` is the declared length (or the limit): reading more than it is refused.
+    let body = match proxy::read_body_within(body, want, gw.cfg.conn.body_timeout).await {
         Ok(b) => b,
         Err(proxy::BodyError::TooLarge) => {
             let m = format!("request body over {} bytes", gw.cfg.max_body_bytes);
@@ -508,62 +564,56 @@ pub async fn egress(
         &[("direction", "outbound"), ("decision", "allow")],
     );
     let span = tracing::info_span!("egress", crossing = %claims.jti, task = %claims.txn);
-    forward(
+    let r = forward(
         gw.clone(),
-        a,
-        claims,
-        token,
-        method,
-        path.to_string(),
-        query.to_string(),
+        Outbound {
+            a,
+            claims,
+            token,
+            partner,
+            client,
+            uri: partner_uri,
+            method,
+            body,
+            decision_seq: decision_rec.seq,
+            started,
+        },
         &mut out_headers,
-        body,
-        decision_rec.seq,
-        started,
     )
     .instrument(span)
-    .await
+    .await;
+    drop(permit);
+    r
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    gw: Arc<Gateway>,
+/// An allowed, recorded crossing on its way to the partner.
+struct Outbound {
     a: Authorized,
     claims: FederationClaims,
     token: String,
+    partner: crate::agreement::DomainTerms,
+    client: super::state::TlsClient,
+    uri: Uri,
     method: Method,
-    path: String,
-    query: String,
-    headers: &mut HeaderMap,
     body: bytes::Bytes,
     decision_seq: u64,
     started: Clock,
-) -> Response {
+}
+
+async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Response {
+    let Outbound {
+        a,
+        claims,
+        token,
+        partner,
+        client,
+        uri,
+        method,
+        body,
+        decision_seq,
+        started,
+    } = o;
     let crossing = claims.jti.clone();
-    let Some(partner) = a.agreement.domain_str(a.target.trust_domain_str()).cloned() else {
-        return Denial::new(
-            Reason::NoAgreement,
-            "agreement does not name the partner",
-            &crossing,
-        )
-        .into_response();
-    };
-    let url = format!(
-        "{}/ingress{}{}{}",
-        partner.gateway_url,
-        path,
-        if query.is_empty() { "" } else { "?" },
-        query
-    );
-    let Ok(uri) = url.parse::<Uri>() else {
-        return Denial::new(
-            Reason::Malformed,
-            "path does not form a valid URL",
-            &crossing,
-        )
-        .described()
-        .into_response();
-    };
     if let Some(v) = proxy::header(&format!("Bearer {token}")) {
         headers.insert(http::header::AUTHORIZATION, v);
     }
@@ -571,14 +621,6 @@ async fn forward(
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.headers_mut() = std::mem::take(headers);
-    let client = match gw.partner_client(&partner.gateway_id) {
-        Ok(c) => c,
-        Err(e) => {
-            return Denial::new(Reason::PartnerUnavailable, e, &crossing)
-                .described()
-                .into_response()
-        }
-    };
     let timeout = std::time::Duration::from_secs(gw.cfg.partner_timeout as u64);
     let result = tokio::time::timeout(timeout, client.request(req)).await;
     let mut outcome = base_record(&gw, "outbound", &crossing, true);

@@ -17,7 +17,6 @@ use super::tls::ConnInfo;
 use super::{append, base_record};
 use crate::agreement::rego::crossing_input;
 use crate::audit::Record;
-use crate::chain::{RevocationKind, Revocations};
 use crate::federation::receipt::{mint_receipt, ReceiptClaims};
 use crate::federation::{verify_token, TokenContext, VerifiedToken};
 use crate::reason::Reason;
@@ -30,21 +29,56 @@ async fn refuse(gw: &Gateway, rec: Record, reason: Reason, message: String) -> R
     super::deny(gw, rec, reason, message).await.into_response()
 }
 
-/// A path a route can be matched against without ambiguity: no dot segments, no empty
-/// segments, no encoded slashes, dots or backslashes.
-fn canonical_path(p: &str) -> bool {
-    if !p.starts_with('/') || p.len() > MAX_PATH_BYTES || p.contains("//") || p.contains('\\') {
-        return false;
+/// Why a request path cannot be matched against routes without ambiguity, or `None` when it
+/// can. The accepted form is one that every upstream reads the same way: no dot segments, no
+/// empty segments, no backslashes, no `;` path parameters (Tomcat, Spring and Jetty cut a path
+/// at `;` or resolve `..;/`), no control characters, and percent-escapes only for bytes that
+/// must be escaped (never for unreserved characters, `/`, `\`, `.`, `%` or `;`, so no
+/// double-encoding and no second spelling of the same path). The path is matched and
+/// forwarded exactly as received.
+pub fn path_problem(p: &str) -> Option<&'static str> {
+    if !p.starts_with('/') {
+        return Some("the path must start with /");
     }
-    let lower = p.to_ascii_lowercase();
-    if lower.contains("%2f")
-        || lower.contains("%2e")
-        || lower.contains("%5c")
-        || lower.contains("%00")
-    {
-        return false;
+    if p.len() > MAX_PATH_BYTES {
+        return Some("the path is too long");
     }
-    !p.split('/').any(|s| s == "." || s == "..")
+    if p.contains("//") {
+        return Some("empty path segment");
+    }
+    if p.split('/').any(|s| s == "." || s == "..") {
+        return Some("dot segment");
+    }
+    let b = p.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
+                    return Some("bad percent-escape");
+                };
+                let must_not_escape = v.is_ascii_alphanumeric()
+                    || matches!(v, b'-' | b'.' | b'_' | b'~' | b'/' | b'\\' | b'%' | b';');
+                if must_not_escape || v < 0x20 || v == 0x7f {
+                    return Some("percent-escape of a character that must appear as itself");
+                }
+                i += 3;
+                continue;
+            }
+            b';' => return Some("path parameters (;) are not accepted"),
+            b'\\' => return Some("backslash in the path"),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => {}
+            b'-' | b'.' | b'_' | b'~' | b'/' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*'
+            | b'+' | b',' | b'=' | b':' | b'@' => {}
+            _ => return Some("a character that must be percent-encoded"),
+        }
+        i += 1;
+    }
+    None
 }
 
 fn fill_from_token(rec: &mut Record, t: &crate::federation::FederationClaims) {
@@ -66,6 +100,23 @@ fn fill_from_token(rec: &mut Record, t: &crate::federation::FederationClaims) {
     rec.authenticated = Some(true);
 }
 
+/// The bearer token of a request: `Ok(None)` when there is none at all (an unauthenticated
+/// request on the federation listener, SPEC section 7), `Err` when it is not usable.
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
+    let auths: Vec<&http::HeaderValue> = headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .collect();
+    match auths.as_slice() {
+        [] => Ok(None),
+        [one] => match one.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
+            Some(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+            _ => Ok(None),
+        },
+        _ => Err("more than one Authorization header"),
+    }
+}
+
 /// `ANY /ingress/{*path}`.
 pub async fn ingress(
     State(gw): State<Arc<Gateway>>,
@@ -77,46 +128,37 @@ pub async fn ingress(
 ) -> Response {
     let now = crate::time::now();
     let started = Clock::now();
+    let Some(peer) = conn.peer.clone() else {
+        return super::refuse_unauthenticated(
+            &gw,
+            "federation",
+            &conn,
+            Reason::BadSvid,
+            "a client certificate is required",
+        )
+        .into_response();
+    };
+    if let Some(d) = super::over_budget(&gw, "federation", &conn, peer.id.as_str()) {
+        return d.into_response();
+    }
     let mut rec = base_record(&gw, "inbound", &crate::crypto::random_id(), false);
     rec.mode = Some("ingress".into());
     rec.authenticated = Some(false);
-    let Some(peer) = conn.peer.clone() else {
-        return refuse(
-            &gw,
-            rec,
-            Reason::BadSvid,
-            "a client certificate is required".into(),
-        )
-        .await;
-    };
     rec.partner = Some(peer.id.trust_domain_str().to_string());
-    let auths: Vec<&http::HeaderValue> = headers
-        .get_all(http::header::AUTHORIZATION)
-        .iter()
-        .collect();
-    let token = match auths.as_slice() {
-        [one] => match one.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
-            Some(t) => t.trim().to_string(),
-            None => {
-                return refuse(
-                    &gw,
-                    rec,
-                    Reason::Malformed,
-                    "Authorization must be a Bearer token".into(),
-                )
-                .await
-            }
-        },
-        [] => return refuse(&gw, rec, Reason::Malformed, "no federation token".into()).await,
-        _ => {
-            return refuse(
+    rec.source = Some(peer.id.to_string());
+    let token = match bearer(&headers) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return super::refuse_unauthenticated(
                 &gw,
-                rec,
+                "federation",
+                &conn,
                 Reason::Malformed,
-                "more than one Authorization header".into(),
+                "no federation token (Authorization: Bearer)",
             )
-            .await
+            .into_response()
         }
+        Err(m) => return refuse(&gw, rec, Reason::Malformed, m.into()).await,
     };
     let trust = gw.trust.get();
     let ctx = TokenContext {
@@ -165,48 +207,24 @@ pub async fn ingress(
     rec.partner = Some(vt.issuer_td.to_string());
     let span = tracing::info_span!("ingress", crossing = %vt.claims.jti, task = %vt.claims.txn);
     async move {
-        let issuer = vt.issuer_td.as_str();
         let c = &vt.claims;
-        let revoked = gw
-            .state
-            .is_revoked(issuer, RevocationKind::Jti, &c.jti, now)
-            || gw
-                .state
-                .is_revoked(issuer, RevocationKind::Agent, &c.act.sub, now)
-            || gw
-                .state
-                .is_revoked(issuer, RevocationKind::Task, &c.txn, now)
-            || c.sub
-                .as_deref()
-                .map(|p| {
-                    gw.state
-                        .is_revoked(issuer, RevocationKind::Principal, p, now)
-                })
-                .unwrap_or(false)
-            || gw.state.is_revoked(
-                gw.cfg.trust_domain.as_str(),
-                RevocationKind::Agent,
-                &c.tgt,
-                now,
-            );
-        if revoked {
-            return refuse(
-                &gw,
-                rec,
-                Reason::Revoked,
-                "the token, its agent, task or principal is revoked".into(),
-            )
-            .await;
+        if let Some(what) = vt.revoked(&gw.cfg.trust_domain, &gw.state, now) {
+            return refuse(&gw, rec, Reason::Revoked, format!("{what} is revoked")).await;
         }
         let path = uri.path().strip_prefix("/ingress").unwrap_or("");
-        if !canonical_path(path) {
+        if let Some(why) = path_problem(path) {
             return refuse(
                 &gw,
                 rec,
                 Reason::RouteDenied,
-                "the path is not in canonical form".into(),
+                format!("the path is not in canonical form: {why}"),
             )
             .await;
+        }
+        if let Some(q) = uri.query() {
+            if q.len() > MAX_PATH_BYTES {
+                return refuse(&gw, rec, Reason::TooLarge, "query too long".into()).await;
+            }
         }
         let Some(flow) = vt.decision.flow.and_then(|i| vt.agreement.flows.get(i)) else {
             return refuse(&gw, rec, Reason::RuleDenied, "no flow".into()).await;
@@ -227,6 +245,13 @@ pub async fn ingress(
                 format!("no upstream serves {}", vt.target),
             )
             .await;
+        };
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let upstream_uri = match format!("{}{}{}", upstream.url, path, query).parse::<Uri>() {
+            Ok(u) => u,
+            Err(_) => {
+                return refuse(&gw, rec, Reason::RouteDenied, "bad upstream URL".into()).await
+            }
         };
         let granted = vt
             .scope
@@ -262,8 +287,11 @@ pub async fn ingress(
                 }
             }
         }
+        // Nothing minted here outlives the agreement's cap, whatever the token says.
+        let exp = c.exp.min(now.saturating_add(vt.agreement.max_token_ttl));
+        let issuer = vt.issuer_td.as_str();
         // First use wins; only a crossing that passed every other check uses up the token.
-        match gw.state.replay_insert(&c.jti, c.exp) {
+        match gw.state.replay_insert(issuer, &c.jti, exp) {
             Ok(true) => {}
             Ok(false) => {
                 return refuse(
@@ -280,20 +308,24 @@ pub async fn ingress(
         let foreign = vt.actor.clone();
         let link = match crate::chain::mint_crossing_link(
             &key,
-            &gw.cfg.gateway_id,
-            &vt.target,
-            &foreign,
-            &token,
-            &c.jti,
-            c.dep,
-            &granted,
-            &c.txn,
-            now,
-            c.exp,
+            &crate::chain::CrossingLink {
+                gateway: &gw.cfg.gateway_id,
+                target: &vt.target,
+                foreign_actor: &foreign,
+                federation_token: &token,
+                crossing: &c.jti,
+                dep: c.dep,
+                scope: &granted,
+                task: &c.txn,
+                agreement: &c.agr,
+                principal: c.sub.as_deref(),
+                now,
+                exp,
+            },
         ) {
             Ok(l) => l,
             Err(e) => {
-                let _ = gw.state.replay_remove(&c.jti);
+                let _ = gw.state.replay_remove(issuer, &c.jti);
                 return refuse(
                     &gw,
                     rec,
@@ -307,7 +339,7 @@ pub async fn ingress(
         let appended = match append(&gw, rec.clone()).await {
             Ok(a) => a,
             Err(e) => {
-                let _ = gw.state.replay_remove(&c.jti);
+                let _ = gw.state.replay_remove(issuer, &c.jti);
                 return Denial::new(Reason::AuditUnavailable, e.to_string(), &c.jti)
                     .into_response();
             }
@@ -327,28 +359,7 @@ pub async fn ingress(
         )
         .ok();
 
-        // Forward with the crossing link as the only credential.
-        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-        let url = format!("{}{}{}", upstream.url, path, query);
-        let mut out_headers = proxy::strip_headers(&headers, &[]);
-        if let Some(v) = proxy::header(&link) {
-            out_headers.insert("delegation-chain", v);
-        }
-        let mut req = http::Request::new(proxy::limit_body(body, gw.cfg.max_body_bytes));
-        *req.method_mut() = method;
-        *req.headers_mut() = out_headers;
-        match url.parse::<Uri>() {
-            Ok(u) => *req.uri_mut() = u,
-            Err(_) => {
-                return Denial::new(Reason::RouteDenied, "bad upstream URL", &c.jti).into_response()
-            }
-        }
-        let timeout = std::time::Duration::from_secs(gw.cfg.upstream_timeout as u64);
-        let result = if upstream.tls {
-            tokio::time::timeout(timeout, gw.upstream_tls.request(req)).await
-        } else {
-            tokio::time::timeout(timeout, gw.upstream_http.request(req)).await
-        };
+        // From here on the crossing was allowed and recorded: every way out writes its outcome.
         let mut outcome = base_record(&gw, "inbound", &c.jti, true);
         outcome.kind = "outcome".into();
         outcome.mode = Some("ingress".into());
@@ -358,13 +369,36 @@ pub async fn ingress(
         outcome.source = rec.source.clone();
         outcome.target = rec.target.clone();
         outcome.txn = rec.txn.clone();
+
+        // Forward with the crossing link as the only credential, and the gateway's own view
+        // of where the request came from.
+        let mut out_headers = proxy::strip_headers(&headers, &trust.strip_ingress);
+        if let Some(v) = proxy::header(&link) {
+            out_headers.insert("delegation-chain", v);
+        }
+        if let Some(v) = proxy::header(&format!("for=\"{}\";proto=https", conn.remote)) {
+            out_headers.insert(http::header::FORWARDED, v);
+        }
+        let mut req = http::Request::new(proxy::without_trailers(proxy::limit_body(
+            body,
+            gw.cfg.max_body_bytes,
+        )));
+        *req.method_mut() = method;
+        *req.headers_mut() = out_headers;
+        *req.uri_mut() = upstream_uri;
+        let timeout = std::time::Duration::from_secs(gw.cfg.upstream_timeout as u64);
+        let result = if upstream.tls {
+            tokio::time::timeout(timeout, gw.upstream_tls.request(req)).await
+        } else {
+            tokio::time::timeout(timeout, gw.upstream_http.request(req)).await
+        };
         outcome.latency_ms = Some(started.elapsed().as_millis() as u64);
         let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 outcome.status = Some(502);
                 outcome.reason = Some(Reason::PartnerUnavailable.code().into());
-                let _ = append(&gw, outcome).await;
+                super::append_later(&gw, outcome);
                 return Denial::new(
                     Reason::PartnerUnavailable,
                     format!("upstream failed: {e}"),
@@ -375,7 +409,7 @@ pub async fn ingress(
             Err(_) => {
                 outcome.status = Some(504);
                 outcome.reason = Some(Reason::PartnerUnavailable.code().into());
-                let _ = append(&gw, outcome).await;
+                super::append_later(&gw, outcome);
                 let mut r = Denial::new(Reason::PartnerUnavailable, "upstream timed out", &c.jti)
                     .into_response();
                 *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
@@ -415,7 +449,9 @@ pub async fn bundle(State(gw): State<Arc<Gateway>>) -> Response {
     }
 }
 
-/// `POST /v1/revocations`: a partner's signed revocation notice.
+/// `POST /v1/revocations`: a partner's signed revocation notice. Merged with what is already
+/// revoked (never lifting anything); a notice older than the newest applied for the same value,
+/// or one whose `until` has passed, is acknowledged and changes nothing.
 pub async fn revocations(
     State(gw): State<Arc<Gateway>>,
     Extension(conn): Extension<ConnInfo>,
@@ -423,24 +459,25 @@ pub async fn revocations(
 ) -> Response {
     let now = crate::time::now();
     let crossing = crate::crypto::random_id();
-    // Refused notices are audited like any denial.
+    let Some(peer) = conn.peer.clone() else {
+        return super::refuse_unauthenticated(
+            &gw,
+            "federation",
+            &conn,
+            Reason::BadSvid,
+            "a client certificate is required",
+        )
+        .into_response();
+    };
+    if let Some(d) = super::over_budget(&gw, "federation", &conn, peer.id.as_str()) {
+        return d.into_response();
+    }
+    // Refused notices from an authenticated peer are audited like any denial.
     let mut refused = base_record(&gw, "inbound", &crossing, false);
     refused.kind = "revocation".into();
     refused.mode = Some("notice".into());
-    refused.partner = conn
-        .peer
-        .as_ref()
-        .map(|p| p.id.trust_domain_str().to_string());
-    refused.source = conn.peer.as_ref().map(|p| p.id.to_string());
-    let Some(peer) = conn.peer.clone() else {
-        return refuse(
-            &gw,
-            refused,
-            Reason::BadSvid,
-            "a client certificate is required".into(),
-        )
-        .await;
-    };
+    refused.partner = Some(peer.id.trust_domain_str().to_string());
+    refused.source = Some(peer.id.to_string());
     let bytes = match proxy::read_body(body, crate::jose::MAX_JWS_BYTES).await {
         Ok(b) => b,
         Err(_) => return refuse(&gw, refused, Reason::TooLarge, "notice too large".into()).await,
@@ -473,30 +510,47 @@ pub async fn revocations(
         value: claims.value.clone(),
         until: claims.until,
         at: now,
+        notice_iat: Some(claims.iat),
     };
-    if let Err(e) = gw.state.revoke(&r) {
-        return Denial::new(Reason::AuditUnavailable, e.to_string(), &crossing).into_response();
+    let applied = if claims.until != 0 && claims.until <= now {
+        "expired"
+    } else {
+        match gw.state.revoke(&r) {
+            Ok(crate::store::Revoked::Stale) => "stale",
+            Ok(_) => "applied",
+            Err(e) => {
+                return Denial::new(Reason::AuditUnavailable, e.to_string(), &crossing)
+                    .into_response()
+            }
+        }
+    };
+    if applied == "applied" {
+        gw.chains.clear();
     }
-    gw.chains.clear();
     let mut rec = base_record(&gw, "inbound", &claims.jti, true);
     rec.kind = "revocation".into();
     rec.mode = Some("notice".into());
     rec.partner = Some(iss.trust_domain_str().to_string());
     rec.source = Some(iss.to_string());
-    rec.revocation = Some(
-        serde_json::json!({"kind": claims.kind, "value": claims.value, "until": claims.until, "domain": r.domain}),
-    );
+    rec.revocation = Some(serde_json::json!({
+        "applied": applied,
+        "domain": r.domain,
+        "iat": claims.iat,
+        "kind": claims.kind,
+        "until": claims.until,
+        "value": claims.value,
+    }));
     if let Err(e) = append(&gw, rec).await {
         return Denial::new(Reason::AuditUnavailable, e.to_string(), &crossing).into_response();
     }
     gw.metrics.inc(
         "fedgate_revocations_received_total",
-        &[("domain", iss.trust_domain_str())],
+        &[("domain", iss.trust_domain_str()), ("result", applied)],
     );
-    tracing::info!(kind = %claims.kind, from = %iss, "revocation notice accepted");
+    tracing::info!(kind = %claims.kind, from = %iss, result = applied, "revocation notice received");
     (
         StatusCode::OK,
-        axum::Json(serde_json::json!({"accepted": true, "jti": claims.jti})),
+        axum::Json(serde_json::json!({"accepted": true, "applied": applied == "applied", "result": applied, "jti": claims.jti})),
     )
         .into_response()
 }
@@ -505,8 +559,15 @@ pub async fn revocations(
 mod tests {
     #[test]
     fn canonical_paths() {
-        for ok in ["/analytics/run", "/a", "/a/b.c/d-e"] {
-            assert!(super::canonical_path(ok), "{ok}");
+        for ok in [
+            "/analytics/run",
+            "/a",
+            "/a/b.c/d-e",
+            "/a/%20b",
+            "/caf%C3%A9",
+            "/a:b@c/x,y",
+        ] {
+            assert_eq!(super::path_problem(ok), None, "{ok}");
         }
         for bad in [
             "",
@@ -519,8 +580,20 @@ mod tests {
             "/a%2E%2e/b",
             "/a\\b",
             "/x%00",
+            "/analytics/..;/admin",
+            "/analytics;jsessionid=1/x",
+            "/%252e%252e/admin",
+            "/a%25",
+            "/%61nalytics",
+            "/a%3bb",
+            "/a%5cb",
+            "/a%zz",
+            "/a%4",
+            "/a b",
+            "/a\u{7f}",
+            "/é",
         ] {
-            assert!(!super::canonical_path(bad), "{bad}");
+            assert!(super::path_problem(bad).is_some(), "{bad}");
         }
     }
 }

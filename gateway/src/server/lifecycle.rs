@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant as Clock, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::config::{self, Validated};
-use super::state::{Gateway, Trust};
+use super::state::Gateway;
+use super::trust::Trust;
 use super::{append, base_record};
 use crate::agreement::rego::{LocalPolicy, MAX_REGO_BYTES};
 use crate::chain::RevocationKind;
@@ -34,16 +35,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub const NOTICE_RETRY: Duration = Duration::from_secs(1);
 /// Replay entries are swept this often.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Runtime bookkeeping of the lifecycle tasks.
-#[derive(Default)]
-pub struct LifeState {
-    pub refresh_wake: tokio::sync::Notify,
-    pub notice_wake: tokio::sync::Notify,
-    forced: Mutex<HashMap<String, Clock>>,
-    fetch_lock: tokio::sync::Mutex<()>,
-    last_ok: Mutex<HashMap<String, Clock>>,
-}
 
 /// Loads everything reloadable: bundles (files, with newer refreshed partner bundles from
 /// sled), activated agreements, local Rego and the strip list.
@@ -106,11 +97,8 @@ pub fn load_trust(
             }
         }
     };
-    let strip_extra = cfg
-        .strip_extra
-        .iter()
-        .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
-        .collect();
+    let strip_extra = header_names(&cfg.strip_extra);
+    let strip_ingress = header_names(&cfg.strip_ingress);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -126,9 +114,16 @@ pub fn load_trust(
         agreements,
         policy,
         strip_extra,
+        strip_ingress,
         partners,
         generation,
     })
+}
+
+fn header_names(list: &[String]) -> Vec<http::HeaderName> {
+    list.iter()
+        .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+        .collect()
 }
 
 /// Reloads atomically: on any problem the old trust stays and every problem is returned.
@@ -138,15 +133,11 @@ pub async fn reload(gw: &Gateway) -> Result<serde_json::Value, Vec<String>> {
     // Listeners, identity and keys are fixed for the life of the process; the rest reloads.
     let mut cfg = gw.cfg.clone();
     cfg.strip_extra = fresh.strip_extra;
+    cfg.strip_ingress = fresh.strip_ingress;
     cfg.rego = fresh.rego;
     let old = gw.trust.get();
-    let mut t = load_trust(&cfg, Some(&gw.state), old.generation + 1)?;
-    // Keep the strip list of the new config even though `gw.cfg` itself is immutable.
-    t.strip_extra = cfg
-        .strip_extra
-        .iter()
-        .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
-        .collect();
+    // The strip lists of the new config live in the trust, since `gw.cfg` itself is immutable.
+    let t = load_trust(&cfg, Some(&gw.state), old.generation + 1)?;
     let summary = serde_json::json!({
         "reloaded": true,
         "generation": t.generation,
@@ -154,6 +145,7 @@ pub async fn reload(gw: &Gateway) -> Result<serde_json::Value, Vec<String>> {
         "bundles": t.bundles.domains().map(|d| d.to_string()).collect::<Vec<_>>(),
         "rego_modules": t.policy.as_ref().map(|p| p.module_names().to_vec()).unwrap_or_default(),
         "strip_extra": t.strip_extra.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        "strip_ingress": t.strip_ingress.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
     });
     gw.trust.set(t);
     gw.chains.clear();
@@ -172,6 +164,7 @@ fn swap_bundle(gw: &Gateway, b: Bundle) {
         agreements: old.agreements.clone(),
         policy: old.policy.clone(),
         strip_extra: old.strip_extra.clone(),
+        strip_ingress: old.strip_ingress.clone(),
         partners: old.partners.clone(),
         generation: old.generation + 1,
     });
@@ -584,9 +577,13 @@ pub async fn rotation_step(gw: &Gateway) -> Result<(), String> {
                 .get(&gw.cfg.trust_domain)
                 .map(|b| (**b).clone())
                 .ok_or("no local bundle")?;
-            if b.jwt_key(key.kid()).is_none() {
-                b.add_jwt_authority(key.kid(), key.public().clone())
-                    .map_err(|e| e.to_string())?;
+            if b.authority(key.kid()).is_none() {
+                b.add_jwt_authority(
+                    key.kid(),
+                    key.public().clone(),
+                    crate::spiffe::KeyRole::Gateway,
+                )
+                .map_err(|e| e.to_string())?;
                 b.sequence = Some(b.sequence.unwrap_or(0) + 1);
                 write_local_bundle(gw, &b)?;
                 swap_bundle(gw, b);
@@ -674,14 +671,26 @@ pub async fn revoke(
     until: i64,
     now: i64,
 ) -> Result<usize, String> {
+    if until != 0 && until <= now {
+        return Err(format!(
+            "until {} is not in the future (0 revokes for good)",
+            crate::time::format_rfc3339(until)
+        ));
+    }
     let r = crate::store::Revocation {
         domain: gw.cfg.trust_domain.to_string(),
         kind: kind.as_str().into(),
         value: value.into(),
         until,
         at: now,
+        notice_iat: None,
     };
-    gw.state.revoke(&r).map_err(|e| e.to_string())?;
+    // Merged with any earlier revocation of the value: what partners are told is the merged
+    // `until`, so both domains agree on what is revoked.
+    let until = match gw.state.revoke(&r).map_err(|e| e.to_string())? {
+        crate::store::Revoked::Merged(u) => u,
+        _ => until,
+    };
     gw.chains.clear();
     let jti = crate::crypto::random_id();
     let mut rec = base_record(gw, "outbound", &jti, true);
@@ -702,14 +711,19 @@ pub async fn revoke(
     let notice = mint_notice(&gw.keys.signing(), &claims).map_err(|e| e.to_string())?;
     let trust = gw.trust.get();
     let mut n = 0;
-    for a in &trust.agreements {
-        if let Some(p) = a.partner_of(&gw.cfg.trust_domain) {
-            let key = format!("notice\u{0}{}\u{0}{}", p.gateway_id, jti);
-            gw.state
-                .put_meta(&key, notice.as_bytes())
-                .map_err(|e| e.to_string())?;
-            n += 1;
-        }
+    let mut partners: Vec<String> = trust
+        .agreements
+        .iter()
+        .filter_map(|a| a.partner_of(&gw.cfg.trust_domain))
+        .map(|p| p.gateway_id.to_string())
+        .collect();
+    partners.sort();
+    partners.dedup();
+    for p in partners {
+        gw.state
+            .queue_notice(&p, &jti, notice.as_bytes())
+            .map_err(|e| e.to_string())?;
+        n += 1;
     }
     gw.metrics
         .inc("fedgate_revocations_total", &[("kind", kind.as_str())]);
@@ -718,16 +732,15 @@ pub async fn revoke(
 }
 
 /// Sends queued revocation notices until each partner acknowledges, auditing each delivery.
+/// Each partner gets its notices in the order they were issued: a notice that fails holds
+/// back the later ones for that partner until it is delivered.
 pub async fn notice_loop(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        for (key, notice) in gw.state.scan_meta("notice\u{0}") {
-            let mut parts = key.split('\u{0}');
-            let (_, Some(gid), Some(jti)) = (parts.next(), parts.next(), parts.next()) else {
-                let _ = gw.state.del_meta(&key);
-                continue;
-            };
-            let Ok(gid) = SpiffeId::parse(gid) else {
-                let _ = gw.state.del_meta(&key);
+        'partners: for (gid, queue) in gw.state.queued_notices() {
+            let Ok(gid) = SpiffeId::parse(&gid) else {
+                for (key, _, _) in &queue {
+                    let _ = gw.state.del_meta(key);
+                }
                 continue;
             };
             let trust = gw.trust.get();
@@ -738,25 +751,29 @@ pub async fn notice_loop(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receive
             }) else {
                 continue;
             };
-            let ok = send_notice(&gw, &terms.gateway_url, &gid, notice).await;
-            match ok {
-                Ok(()) => {
-                    let _ = gw.state.del_meta(&key);
-                    let mut rec = base_record(&gw, "outbound", jti, true);
-                    rec.kind = "revocation".into();
-                    rec.mode = Some("notice".into());
-                    rec.partner = Some(gid.trust_domain_str().to_string());
-                    rec.target = Some(gid.to_string());
-                    rec.status = Some(200);
-                    let _ = append(&gw, rec).await;
-                    tracing::info!(partner = %gid, "revocation notice delivered");
-                }
-                Err(e) => {
-                    gw.metrics.inc(
-                        "fedgate_notice_failures_total",
-                        &[("partner", gid.trust_domain_str())],
-                    );
-                    tracing::warn!(partner = %gid, error = %e, "revocation notice not delivered yet; will retry");
+            for (key, jti, notice) in queue {
+                let jti = jti.as_str();
+                let ok = send_notice(&gw, &terms.gateway_url, &gid, notice).await;
+                match ok {
+                    Ok(()) => {
+                        let _ = gw.state.del_meta(&key);
+                        let mut rec = base_record(&gw, "outbound", jti, true);
+                        rec.kind = "revocation".into();
+                        rec.mode = Some("notice".into());
+                        rec.partner = Some(gid.trust_domain_str().to_string());
+                        rec.target = Some(gid.to_string());
+                        rec.status = Some(200);
+                        let _ = append(&gw, rec).await;
+                        tracing::info!(partner = %gid, "revocation notice delivered");
+                    }
+                    Err(e) => {
+                        gw.metrics.inc(
+                            "fedgate_notice_failures_total",
+                            &[("partner", gid.trust_domain_str())],
+                        );
+                        tracing::warn!(partner = %gid, error = %e, "revocation notice not delivered yet; will retry");
+                        continue 'partners;
+                    }
                 }
             }
         }

@@ -8,9 +8,12 @@ pub mod deny;
 pub mod egress;
 pub mod ingress;
 pub mod lifecycle;
+pub mod listener;
 pub mod proxy;
+pub mod refusals;
 pub mod state;
 pub mod tls;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +25,9 @@ use tokio::net::TcpListener;
 
 use crate::audit::Record;
 use crate::store::{log::Appended, AuditLog, LogError, State};
-use state::{Gateway, Keys, TrustHandle};
+use state::{Gateway, Keys};
 use tls::{Identity, ListenerKind, SpiffeClientVerifier};
+use trust::TrustHandle;
 
 /// How long open connections get to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,14 +37,18 @@ pub fn base_record(gw: &Gateway, direction: &str, crossing: &str, allow: bool) -
     Record::decision(gw.cfg.trust_domain.as_str(), direction, crossing, allow)
 }
 
-/// Audits a denial (the record's `direction` names it in the metrics) and returns it. A denial
-/// that cannot be audited is still a denial; the failure is logged.
+/// Audits a denial of an authenticated request (the record's `direction` names it in the
+/// metrics) and returns it. A denial that cannot be audited is still a denial; the failure is
+/// logged. Each denial spends one of the source's denial tokens (see [`over_budget`]).
 pub async fn deny(
     gw: &Gateway,
     mut rec: Record,
     reason: crate::reason::Reason,
     message: String,
 ) -> deny::Denial {
+    if let Some(src) = rec.source.as_deref().or(rec.partner.as_deref()) {
+        gw.denials.take(src);
+    }
     rec.decision = "deny".into();
     rec.reason = Some(reason.code().into());
     let direction = if rec.direction == "inbound" {
@@ -59,6 +67,62 @@ pub async fn deny(
         tracing::error!(crossing = %crossing, error = %e, "could not audit a denial");
     }
     deny::Denial::new(reason, message, &crossing)
+}
+
+/// Refuses a request whose peer is not authenticated (no or an invalid client certificate; on
+/// the federation listener no token at all): counted in metrics and written to the
+/// rate-limited side log, never to the audit log of record (SPEC section 7).
+pub fn refuse_unauthenticated(
+    gw: &Gateway,
+    listener: &'static str,
+    conn: &tls::ConnInfo,
+    reason: crate::reason::Reason,
+    message: &str,
+) -> deny::Denial {
+    gw.metrics.inc(
+        "fedgate_unauthenticated_refusals_total",
+        &[("listener", listener), ("reason", reason.code())],
+    );
+    gw.refusals.record(refusals::Refusal {
+        time: crate::time::format_rfc3339_millis(crate::time::now_millis()),
+        listener,
+        remote: conn.remote.to_string(),
+        peer: conn.peer.as_ref().map(|p| p.id.to_string()),
+        reason: reason.code(),
+        message: message.to_string(),
+        suppressed: 0,
+    });
+    deny::Denial::new(reason, message, &crate::crypto::random_id())
+}
+
+/// A source (an authenticated peer) that spent its denial budget is refused up front with
+/// `rate_limited` until the budget refills: counted and side-logged, not audited, so a peer
+/// that keeps being denied cannot fill the log of record. `None`: go ahead.
+pub fn over_budget(
+    gw: &Gateway,
+    listener: &'static str,
+    conn: &tls::ConnInfo,
+    source: &str,
+) -> Option<deny::Denial> {
+    if gw.denials.allows(source) {
+        return None;
+    }
+    gw.metrics
+        .inc("fedgate_rate_limited_total", &[("listener", listener)]);
+    gw.refusals.record(refusals::Refusal {
+        time: crate::time::format_rfc3339_millis(crate::time::now_millis()),
+        listener,
+        remote: conn.remote.to_string(),
+        peer: Some(source.to_string()),
+        reason: crate::reason::Reason::RateLimited.code(),
+        message: "too many denials from this source".into(),
+        suppressed: 0,
+    });
+    Some(deny::Denial::new(
+        crate::reason::Reason::RateLimited,
+        "too many denials from this source; slow down",
+        &crate::crypto::random_id(),
+    ))
 }
 
 /// Emits an OPA-style decision-log entry (target `fedgate::decisions`) when that target is
@@ -259,14 +323,18 @@ pub async fn start(
     let trust = lifecycle::load_trust(&cfg, Some(&st), 1)?;
     {
         let local = trust.bundles.get(&cfg.trust_domain);
-        if local.and_then(|b| b.jwt_key(signing.kid())).is_none() {
+        let published = local.map(|b| b.jwt_key(signing.kid(), crate::spiffe::KeyRole::Gateway));
+        if published.as_ref().and_then(|r| r.as_ref().ok()) != Some(&signing.public()) {
             return Err(one(format!(
-                "the signing key (kid {}) is not in the local bundle",
+                "the signing key (kid {}) is not in the local bundle as a gateway key",
                 signing.kid()
             )));
         }
         let audit_published = local
-            .map(|b| b.jwt.iter().any(|a| a.key == *audit_key.public()))
+            .map(|b| {
+                b.keys_with_role(crate::spiffe::KeyRole::Audit)
+                    .any(|a| a.key == *audit_key.public())
+            })
             .unwrap_or(false);
         if !audit_published {
             tracing::warn!("the audit key is not published in the local bundle: auditors cannot verify checkpoints");
@@ -328,7 +396,15 @@ pub async fn start(
             Arc::new(tls::server_config(&gw.identity, verifier).map_err(|e| one(e.to_string()))?);
         let g = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
         graceful.push(g.clone());
-        tasks.push(tokio::spawn(tls::serve(l, tls, router, stop_rx.clone(), g)));
+        let tracker = gw.connections(kind).clone();
+        tasks.push(tokio::spawn(listener::serve(
+            l,
+            tls,
+            router,
+            tracker,
+            stop_rx.clone(),
+            g,
+        )));
     }
     tasks.push(tokio::spawn(lifecycle::refresh_loop(
         gw.clone(),
@@ -372,9 +448,9 @@ fn rebuild_replay_cache(log: &AuditLog, st: &State, _domain: &str) -> Result<(),
                 continue;
             };
             if r.kind == "decision" && r.direction == "inbound" && r.is_allow() {
-                if let Some(exp) = r.token_exp {
-                    if exp + crate::chain::MAX_CLOCK_SKEW > now {
-                        st.replay_insert(&r.crossing, exp)
+                if let (Some(exp), Some(issuer)) = (r.token_exp, r.partner.as_deref()) {
+                    if exp.saturating_add(crate::chain::MAX_CLOCK_SKEW) > now {
+                        st.replay_insert(issuer, &r.crossing, exp)
                             .map_err(|e| e.to_string())?;
                     }
                 }

@@ -29,30 +29,72 @@ const CREDENTIALS: &[&str] = &[
     "delegation-chain",
 ];
 
-/// Removes hop-by-hop headers, headers named by `Connection`, every internal credential, every
-/// `Fedgate-*` header and the configured extra list. Header names are case-insensitive (the
-/// `http` crate lower-cases them); every value of a repeated header goes.
-pub fn strip_headers(headers: &HeaderMap, extra: &[HeaderName]) -> HeaderMap {
-    let mut named: HashSet<String> = HashSet::new();
+/// Identity and routing headers a peer may not set for the next hop: who the client is, which
+/// URL or method it "really" asked for, its certificate. Upstreams (and proxies in front of
+/// them) trust these, so they never cross the gateway in either direction; ingress sets its own
+/// `Forwarded`. Headers with `_` in their name go too: many upstreams read `X_Forwarded_For`
+/// as `X-Forwarded-For`.
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-client-cert",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "ssl-client-cert",
+    "client-cert",
+    "client-cert-chain",
+];
+
+/// The header names a `Connection` header lists, read as bytes: a value that is not visible
+/// ASCII still names what it names (a non-ASCII byte must not switch stripping off).
+fn connection_named(headers: &HeaderMap) -> HashSet<Vec<u8>> {
+    let mut named = HashSet::new();
     for v in headers.get_all(http::header::CONNECTION) {
-        if let Ok(s) = v.to_str() {
-            for n in s.split(',') {
-                let n = n.trim().to_ascii_lowercase();
-                if !n.is_empty() {
-                    named.insert(n);
-                }
+        for n in v.as_bytes().split(|b| *b == b',') {
+            let n = n.trim_ascii().to_ascii_lowercase();
+            if !n.is_empty() {
+                named.insert(n);
             }
         }
     }
+    named
+}
+
+/// Removes hop-by-hop headers, headers named by `Connection`, every internal credential, every
+/// `Fedgate-*` header, identity and routing headers (`FORWARDING`, and any name with `_`) and
+/// the configured extra list. Header names are case-insensitive (the `http` crate lower-cases
+/// them); every value of a repeated header goes.
+pub fn strip_headers(headers: &HeaderMap, extra: &[HeaderName]) -> HeaderMap {
+    let named = connection_named(headers);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers.iter() {
         let n = name.as_str();
         let drop = HOP_BY_HOP.contains(&n)
             || CREDENTIALS.contains(&n)
+            || FORWARDING.contains(&n)
+            || n.contains('_')
             || n.starts_with("fedgate-")
             || n == "host"
             || n == "content-length"
-            || named.contains(n)
+            || named.contains(n.as_bytes())
             || extra.iter().any(|e| e == name);
         if !drop {
             out.append(name.clone(), value.clone());
@@ -63,16 +105,11 @@ pub fn strip_headers(headers: &HeaderMap, extra: &[HeaderName]) -> HeaderMap {
 
 /// Response headers passed back: hop-by-hop ones and those named by `Connection` removed.
 pub fn strip_response_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut named: HashSet<String> = HashSet::new();
-    for v in headers.get_all(http::header::CONNECTION) {
-        if let Ok(s) = v.to_str() {
-            named.extend(s.split(',').map(|n| n.trim().to_ascii_lowercase()));
-        }
-    }
+    let named = connection_named(headers);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers.iter() {
         let n = name.as_str();
-        if !(HOP_BY_HOP.contains(&n) || named.contains(n) || n == "content-length") {
+        if !(HOP_BY_HOP.contains(&n) || named.contains(n.as_bytes()) || n == "content-length") {
             out.append(name.clone(), value.clone());
         }
     }
@@ -138,7 +175,23 @@ pub fn headers_carry(headers: &HeaderMap, markers: &[String]) -> bool {
 
 /// Reads a whole request body, refusing more than `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(body, limit).collect().await {
+    read_body_within(body, limit, std::time::Duration::from_secs(3600)).await
+}
+
+/// Reads a whole request body within `timeout` (slow-body attacks), refusing more than
+/// `limit` bytes.
+pub async fn read_body_within(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let Ok(read) = read else {
+        return Err(BodyError::Read(
+            "the request body did not arrive in time".into(),
+        ));
+    };
+    match read {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -165,6 +218,39 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     Body::new(Limited::new(body, limit))
+}
+
+/// A request body passed on without its trailers: a peer's trailers are headers too, and
+/// nothing filters them, so they do not cross.
+pub fn without_trailers(body: Body) -> Body {
+    Body::new(NoTrailers(body))
+}
+
+struct NoTrailers(Body);
+
+impl http_body::Body for NoTrailers {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        loop {
+            match std::pin::Pin::new(&mut self.0).poll_frame(cx) {
+                std::task::Poll::Ready(Some(Ok(f))) if f.is_trailers() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
 }
 
 pub fn header(value: &str) -> Option<HeaderValue> {
@@ -208,6 +294,55 @@ mod tests {
         let out = strip_headers(&h, &[HeaderName::from_static("x-api-key")]);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["accept", "x-request-id"]);
+    }
+
+    #[tokio::test]
+    async fn request_trailers_never_cross() {
+        let mut t = HeaderMap::new();
+        t.insert("x-smuggled", HeaderValue::from_static("secret"));
+        let with = http_body_util::Full::new(Bytes::from_static(b"data"))
+            .map_err(|e| match e {})
+            .with_trailers(async move { Some(Ok::<_, std::convert::Infallible>(t)) });
+        let body = Body::new(with);
+        let c = without_trailers(body).collect().await.unwrap();
+        assert!(c.trailers().is_none());
+        assert_eq!(c.to_bytes(), Bytes::from_static(b"data"));
+    }
+
+    #[test]
+    fn strips_identity_and_routing_headers() {
+        let h = hm(&[
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("Forwarded", "for=10.0.0.1"),
+            ("X-Real-IP", "10.0.0.1"),
+            ("X-Forwarded-Client-Cert", "Hash=x"),
+            ("X-Original-URL", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X_Forwarded_For", "10.0.0.1"),
+            ("Accept", "*/*"),
+        ]);
+        let out = strip_headers(&h, &[]);
+        assert_eq!(
+            out.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["accept"]
+        );
+    }
+
+    #[test]
+    fn a_non_ascii_connection_value_still_strips_what_it_names() {
+        let mut h = hm(&[("x-internal-token", "secret"), ("accept", "*/*")]);
+        h.append(
+            http::header::CONNECTION,
+            HeaderValue::from_bytes(b"x-internal-token, \xe9t\xe9").unwrap(),
+        );
+        let out = strip_headers(&h, &[]);
+        assert_eq!(
+            out.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["accept"]
+        );
+        let out = strip_response_headers(&h);
+        assert!(out.get("x-internal-token").is_none());
     }
 
     #[test]

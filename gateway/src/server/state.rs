@@ -1,6 +1,5 @@
-//! The gateway's shared state: the reloadable trust (bundles, active agreements, local Rego,
-//! strip list) swapped atomically as one value, keys, the audit log and sled state, HTTP
-//! clients, metrics and the verified-chain cache.
+//! The gateway's shared state: the trust in force (`trust.rs`), keys, the audit log and state
+//! store, HTTP clients, metrics, connection accounting and the verified-chain cache.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,56 +11,11 @@ use hyper_util::rt::TokioExecutor;
 
 use super::config::Validated;
 use super::tls::{client_config, Identity, MtlsConnector, SpiffeServerVerifier};
-use crate::agreement::rego::LocalPolicy;
-use crate::agreement::Agreement;
+pub use super::trust::{Trust, TrustHandle};
 use crate::chain::VerifiedChain;
 use crate::jose::SigningKey;
-use crate::spiffe::{BundleSet, TrustDomain};
 use crate::store::{AuditLog, State};
 use crate::time::Instant;
-
-/// Everything a reload replaces, as one immutable value.
-#[derive(Debug)]
-pub struct Trust {
-    pub bundles: BundleSet,
-    pub agreements: Vec<Arc<Agreement>>,
-    pub policy: Option<Arc<LocalPolicy>>,
-    /// Extra header names stripped on egress (lower-case).
-    pub strip_extra: Vec<http::HeaderName>,
-    /// Trust domains named by an agreement with us.
-    pub partners: Vec<TrustDomain>,
-    pub generation: u64,
-}
-
-impl Trust {
-    pub fn is_partner(&self, td: &str) -> bool {
-        self.partners.iter().any(|p| p.as_str() == td)
-    }
-}
-
-/// The current trust, replaced atomically.
-#[derive(Debug)]
-pub struct TrustHandle(RwLock<Arc<Trust>>);
-
-impl TrustHandle {
-    pub fn new(t: Trust) -> Self {
-        TrustHandle(RwLock::new(Arc::new(t)))
-    }
-
-    pub fn get(&self) -> Arc<Trust> {
-        match self.0.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    pub fn set(&self, t: Trust) {
-        match self.0.write() {
-            Ok(mut g) => *g = Arc::new(t),
-            Err(p) => *p.into_inner() = Arc::new(t),
-        }
-    }
-}
 
 /// Prometheus counters and gauges, rendered in the text exposition format.
 #[derive(Debug, Default)]
@@ -228,9 +182,17 @@ pub struct Gateway {
     partner_clients: RwLock<HashMap<String, (u64, TlsClient)>>,
     /// Reload and rotation are serialized.
     pub reload_lock: tokio::sync::Mutex<()>,
-    pub life: super::lifecycle::LifeState,
+    pub life: super::trust::LifeState,
     /// Outcome records being written off the response path; shutdown waits for them.
     pub pending_outcomes: std::sync::atomic::AtomicUsize,
+    /// Connection accounting per listener (internal, federation, admin).
+    pub conns: [Arc<super::listener::Tracker>; 3],
+    /// Refusals kept out of the log of record (unauthenticated, rate-limited).
+    pub refusals: super::refusals::RefusalLog,
+    /// Per-source denial budget.
+    pub denials: super::refusals::DenialLimiter,
+    /// Bytes of request bodies the egress may still buffer.
+    pub buffer_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gateway {
@@ -253,7 +215,17 @@ impl Gateway {
         ));
         let tls = client_config(Some(&identity), verifier).map_err(|e| e.to_string())?;
         let upstream_tls = Client::builder(TokioExecutor::new()).build(MtlsConnector::new(tls));
+        let cfg_conn = cfg.conn.clone();
+        let refusals = super::refusals::RefusalLog::open(Some(cfg.data_dir.join("refusals.jsonl")));
+        let denials = super::refusals::DenialLimiter::new(cfg.denials_per_second, cfg.denial_burst);
+        let buffer_budget = Arc::new(tokio::sync::Semaphore::new(
+            cfg.max_buffered_bytes
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Ok(Gateway {
+            refusals,
+            denials,
+            buffer_budget,
             cfg,
             trust,
             keys,
@@ -268,7 +240,21 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             life: Default::default(),
             pending_outcomes: std::sync::atomic::AtomicUsize::new(0),
+            conns: [
+                super::listener::Tracker::new(cfg_conn.clone()),
+                super::listener::Tracker::new(cfg_conn.clone()),
+                super::listener::Tracker::new(cfg_conn),
+            ],
         })
+    }
+
+    /// The connection accounting of a listener.
+    pub fn connections(&self, kind: super::tls::ListenerKind) -> &Arc<super::listener::Tracker> {
+        match kind {
+            super::tls::ListenerKind::Internal => &self.conns[0],
+            super::tls::ListenerKind::Federation => &self.conns[1],
+            super::tls::ListenerKind::Admin => &self.conns[2],
+        }
     }
 
     /// An mTLS client that accepts only `partner`'s gateway (as the current agreements name it).

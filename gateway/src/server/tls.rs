@@ -21,12 +21,12 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::net::TcpStream;
 
-use super::state::TrustHandle;
+use super::trust::TrustHandle;
 use crate::federation::PeerInfo;
 use crate::spiffe::svid::{verify_svid, SvidUsage};
 use crate::spiffe::{SpiffeId, TrustDomain};
 
-/// A TLS handshake that takes longer than this is dropped (slowloris protection).
+/// An outbound TLS handshake that takes longer than this is abandoned.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outbound TCP connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -298,65 +298,6 @@ pub fn peer_info(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerInfo> {
         id,
         cert_sha256: crate::crypto::sha256(leaf),
     })
-}
-
-/// Serves `router` on `listener` with TLS until `shutdown` flips, then lets open connections
-/// finish (bounded by the caller).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    router: axum::Router,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let peer = peer_info(stream.get_ref().1.peer_certificates()).map(Arc::new);
-            let info = ConnInfo { remote, peer };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(info.clone());
-                    let r = router.clone();
-                    async move { tower::ServiceExt::oneshot(r, req).await }
-                },
-            );
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
-            }
-        });
-    }
 }
 
 /// A TLS connection for hyper's client.

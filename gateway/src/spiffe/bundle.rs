@@ -3,6 +3,12 @@
 //! a required, unique `kid`), plus `spiffe_sequence` and `spiffe_refresh_hint`. Keys with an
 //! unknown `use`, and `jwt-svid` keys of a type fedgate cannot verify (anything but P-256 `EC`
 //! and Ed25519 `OKP`), are skipped, not errors; they are kept for re-serialization.
+//!
+//! Every key has one role (docs/spec-notes.md, "Key roles"): a `jwt-svid` key carries the JWK
+//! member `fedgate_role` (`idp`, `gateway`, `audit` or `witness`), and a verifier asks for a key
+//! *in the role it needs* ([`Bundle::jwt_key`]). A key without the member, or with a role
+//! fedgate does not know, verifies nothing fedgate checks: it stays in the document for other
+//! SPIFFE tools, and using it is `wrong_signer`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -26,6 +32,76 @@ pub const MAX_KID_BYTES: usize = 256;
 
 pub const USE_X509: &str = "x509-svid";
 pub const USE_JWT: &str = "jwt-svid";
+/// The JWK member naming a `jwt-svid` key's fedgate role.
+pub const ROLE_MEMBER: &str = "fedgate_role";
+
+/// What a `jwt-svid` key of a fedgate domain may sign; each key has exactly one role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyRole {
+    /// Human grants and the IdP's human-to-agent links.
+    Idp,
+    /// Crossing links, federation tokens, receipts, revocation notices, agreement signatures
+    /// and the other gateway-to-gateway artefacts.
+    Gateway,
+    /// Audit-log checkpoints (Ed25519, C2SP signed notes).
+    Audit,
+    /// Cosignatures of partners' checkpoints (Ed25519, C2SP tlog-cosignature).
+    Witness,
+}
+
+impl KeyRole {
+    pub const ALL: [KeyRole; 4] = [
+        KeyRole::Idp,
+        KeyRole::Gateway,
+        KeyRole::Audit,
+        KeyRole::Witness,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRole::Idp => "idp",
+            KeyRole::Gateway => "gateway",
+            KeyRole::Audit => "audit",
+            KeyRole::Witness => "witness",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyRole> {
+        KeyRole::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for KeyRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a key lookup by `kid` and role failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// No `jwt-svid` key with this `kid` (reason `unknown_key`).
+    #[error("kid {0:?} is not a jwt-svid authority of {1}")]
+    Unknown(String, String),
+    /// The key exists but has another role, or none (reason `wrong_signer`).
+    #[error("key {kid:?} of {domain} is a {} key, not a {wanted} key", .has.map(|r| r.as_str()).unwrap_or("role-less"))]
+    WrongRole {
+        kid: String,
+        domain: String,
+        has: Option<KeyRole>,
+        wanted: KeyRole,
+    },
+}
+
+impl KeyError {
+    /// The SPEC section 10 reason code.
+    pub fn reason(&self) -> crate::reason::Reason {
+        match self {
+            KeyError::Unknown(..) => crate::reason::Reason::UnknownKey,
+            KeyError::WrongRole { .. } => crate::reason::Reason::WrongSigner,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -63,6 +139,8 @@ pub struct X509Authority {
 pub struct JwtAuthority {
     pub kid: String,
     pub key: VerifyingKey,
+    /// `None`: no `fedgate_role` member (or an unknown one): usable for nothing fedgate checks.
+    pub role: Option<KeyRole>,
 }
 
 /// A parsed bundle of one trust domain.
@@ -193,12 +271,27 @@ impl Bundle {
                     if !kids.insert(kid.clone()) {
                         return Err(BundleError::DuplicateKid(kid));
                     }
+                    let role = match k.get(ROLE_MEMBER) {
+                        None => None,
+                        Some(Value::String(r)) => {
+                            let role = KeyRole::parse(r);
+                            if role.is_none() {
+                                b.skipped.push(format!(
+                                    "keys[{i}]: jwt-svid key {kid:?} has unknown {ROLE_MEMBER} {r:?}: usable for nothing"
+                                ));
+                            }
+                            role
+                        }
+                        Some(_) => {
+                            return Err(key_err(i, format!("\"{ROLE_MEMBER}\" must be a string")))
+                        }
+                    };
                     match parse_jwt_key(i, k)? {
                         Some(vk) => {
                             if b.jwt.iter().any(|a| a.key == vk) {
                                 return Err(key_err(i, "the same public key appears twice"));
                             }
-                            b.jwt.push(JwtAuthority { kid, key: vk });
+                            b.jwt.push(JwtAuthority { kid, key: vk, role });
                         }
                         None => b.skipped.push(format!(
                             "keys[{i}]: jwt-svid key {kid:?} of unsupported type {}/{}",
@@ -250,22 +343,35 @@ impl Bundle {
         Ok(())
     }
 
-    /// Adds a `jwt-svid` authority under `kid`.
-    pub fn add_jwt_authority(&mut self, kid: &str, key: VerifyingKey) -> Result<(), BundleError> {
+    /// Adds a `jwt-svid` authority under `kid` with its one role.
+    pub fn add_jwt_authority(
+        &mut self,
+        kid: &str,
+        key: VerifyingKey,
+        role: KeyRole,
+    ) -> Result<(), BundleError> {
         if kid.is_empty() {
             return Err(BundleError::MissingKid(self.raw_keys.len()));
         }
         if self.jwt.iter().any(|a| a.kid == kid) {
             return Err(BundleError::DuplicateKid(kid.to_string()));
         }
+        if self.jwt.iter().any(|a| a.key == key) {
+            return Err(key_err(
+                self.raw_keys.len(),
+                "the same public key appears twice",
+            ));
+        }
         let mut jwk = Map::new();
         jwk.insert("use".into(), USE_JWT.into());
         jwk.insert("kid".into(), kid.into());
+        jwk.insert(ROLE_MEMBER.into(), role.as_str().into());
         jwk.extend(key.jwk_members());
         self.raw_keys.push(Value::Object(jwk));
         self.jwt.push(JwtAuthority {
             kid: kid.to_string(),
             key,
+            role: Some(role),
         });
         Ok(())
     }
@@ -281,8 +387,31 @@ impl Bundle {
         before != self.jwt.len()
     }
 
-    pub fn jwt_key(&self, kid: &str) -> Option<&VerifyingKey> {
-        self.jwt.iter().find(|a| a.kid == kid).map(|a| &a.key)
+    /// The key `kid` for signatures of `role`: `Unknown` if no such key, `WrongRole` if it is
+    /// another role's (or has none). The only way verifiers get a key by `kid`.
+    pub fn jwt_key(&self, kid: &str, role: KeyRole) -> Result<&VerifyingKey, KeyError> {
+        let a = self
+            .authority(kid)
+            .ok_or_else(|| KeyError::Unknown(kid.to_string(), self.trust_domain.to_string()))?;
+        if a.role != Some(role) {
+            return Err(KeyError::WrongRole {
+                kid: kid.to_string(),
+                domain: self.trust_domain.to_string(),
+                has: a.role,
+                wanted: role,
+            });
+        }
+        Ok(&a.key)
+    }
+
+    /// The `jwt-svid` authority `kid`, whatever its role (for display and bookkeeping only).
+    pub fn authority(&self, kid: &str) -> Option<&JwtAuthority> {
+        self.jwt.iter().find(|a| a.kid == kid)
+    }
+
+    /// Every key of `role`.
+    pub fn keys_with_role(&self, role: KeyRole) -> impl Iterator<Item = &JwtAuthority> {
+        self.jwt.iter().filter(move |a| a.role == Some(role))
     }
 
     pub fn trust_anchors(&self) -> &[TrustAnchor<'static>] {
@@ -350,7 +479,7 @@ impl Bundle {
         let jwt: Vec<Value> = self
             .jwt
             .iter()
-            .map(|a| serde_json::json!({"kid": a.kid, "alg": a.key.alg().as_str()}))
+            .map(|a| serde_json::json!({"kid": a.kid, "alg": a.key.alg().as_str(), "role": a.role.map(|r| r.as_str())}))
             .collect();
         serde_json::json!({
             "trust_domain": self.trust_domain.as_str(),
@@ -465,10 +594,12 @@ mod tests {
         let (k2, _) = crate::jose::SigningKey::generate_ed25519().unwrap();
         let mut b = Bundle::new(td());
         b.sequence = Some(3);
-        b.add_jwt_authority(k1.kid(), k1.public().clone()).unwrap();
-        b.add_jwt_authority(k2.kid(), k2.public().clone()).unwrap();
+        b.add_jwt_authority(k1.kid(), k1.public().clone(), KeyRole::Gateway)
+            .unwrap();
+        b.add_jwt_authority(k2.kid(), k2.public().clone(), KeyRole::Audit)
+            .unwrap();
         assert_eq!(
-            b.add_jwt_authority(k1.kid(), k2.public().clone())
+            b.add_jwt_authority(k1.kid(), k2.public().clone(), KeyRole::Gateway)
                 .unwrap_err(),
             BundleError::DuplicateKid(k1.kid().to_string())
         );
@@ -476,7 +607,18 @@ mod tests {
         let back = Bundle::parse(td(), json.as_bytes()).unwrap();
         assert_eq!(back.jwt.len(), 2);
         assert_eq!(back.sequence, Some(3));
-        assert_eq!(back.jwt_key(k2.kid()), Some(k2.public()));
+        assert_eq!(back.jwt_key(k2.kid(), KeyRole::Audit), Ok(k2.public()));
+        assert!(matches!(
+            back.jwt_key(k2.kid(), KeyRole::Gateway),
+            Err(KeyError::WrongRole {
+                has: Some(KeyRole::Audit),
+                ..
+            })
+        ));
+        assert!(matches!(
+            back.jwt_key("nope", KeyRole::Gateway),
+            Err(KeyError::Unknown(..))
+        ));
         // Duplicate kid in a document.
         let mut v: Value = serde_json::from_str(&json).unwrap();
         let first = v["keys"][0].clone();
@@ -505,6 +647,36 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn keys_without_a_known_role_verify_nothing() {
+        let (k, _) = crate::jose::SigningKey::generate_p256().unwrap();
+        let mut b = Bundle::new(td());
+        b.add_jwt_authority(k.kid(), k.public().clone(), KeyRole::Idp)
+            .unwrap();
+        for member in [None, Some(Value::from("admin"))] {
+            let mut v: Value = serde_json::from_str(&b.to_json()).unwrap();
+            match &member {
+                None => {
+                    v["keys"][0].as_object_mut().unwrap().remove(ROLE_MEMBER);
+                }
+                Some(m) => v["keys"][0][ROLE_MEMBER] = m.clone(),
+            }
+            let back = Bundle::parse(td(), &serde_json::to_vec(&v).unwrap()).unwrap();
+            assert_eq!(back.jwt.len(), 1, "the key stays for other tools");
+            for role in KeyRole::ALL {
+                assert_eq!(
+                    back.jwt_key(k.kid(), role).unwrap_err().reason().code(),
+                    "wrong_signer"
+                );
+            }
+            // Re-serialized as it was.
+            assert_eq!(serde_json::from_str::<Value>(&back.to_json()).unwrap(), v);
+        }
+        let mut v: Value = serde_json::from_str(&b.to_json()).unwrap();
+        v["keys"][0][ROLE_MEMBER] = 7.into();
+        assert!(Bundle::parse(td(), &serde_json::to_vec(&v).unwrap()).is_err());
     }
 
     #[test]

@@ -6,6 +6,6 @@ pub mod id;
 pub mod pki;
 pub mod svid;
 
-pub use bundle::{Bundle, BundleError, BundleSet};
+pub use bundle::{Bundle, BundleError, BundleSet, KeyError, KeyRole};
 pub use id::{IdError, IdPattern, SpiffeId, TrustDomain};
 pub use svid::{verify_svid, SvidError, SvidUsage, VerifiedSvid};

@@ -4,9 +4,13 @@
 //! bytes are durable. Signed checkpoints are written periodically and at shutdown.
 //!
 //! On open the log is replayed: a torn final frame (a crash mid-write, never acknowledged) is
-//! truncated and reported; any other damage, or a log that does not hash to its last signed
-//! checkpoint, refuses to open (the gateway fails closed). If a write or sync fails, the log
-//! stops accepting appends (`audit_unavailable`) rather than continue past a gap.
+//! moved aside into a `.torn-*` file next to its segment and cut off, and reported; any other
+//! damage, or a log that does not hash to its last signed checkpoint, refuses to open (the
+//! gateway fails closed) without changing a byte. Torn means the last frame of the last
+//! segment really runs past the end of the file (or the file ends in zeros a crash left
+//! there); an implausible length or a bad checksum with bytes after it is damage, not a torn
+//! write. Nothing covered by the signed checkpoint is ever cut. If a write or sync fails, the
+//! log stops accepting appends (`audit_unavailable`) rather than continue past a gap.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -64,8 +68,9 @@ pub struct Appended {
 pub struct Recovery {
     pub records: u64,
     pub segments: usize,
-    /// Bytes of a torn final frame that were cut off.
+    /// Bytes of a torn final frame that were cut off (and kept in a `.torn-*` file).
     pub truncated_bytes: u64,
+    pub moved_aside: bool,
     pub checkpoint_size: Option<u64>,
 }
 
@@ -174,7 +179,8 @@ fn scan(
             } else {
                 0
             };
-            let complete = header_ok && len <= MAX_RECORD_BYTES && rest >= FRAME_HEADER + len;
+            let plausible = header_ok && len > 0 && len <= MAX_RECORD_BYTES;
+            let complete = plausible && rest >= FRAME_HEADER + len;
             let crc_ok = complete && {
                 let crc = u32::from_be_bytes([
                     data[off + 4],
@@ -185,10 +191,14 @@ fn scan(
                 crc32fast::hash(&data[off + FRAME_HEADER..off + FRAME_HEADER + len]) == crc
             };
             if !crc_ok {
-                // Only the very end of the last segment may be torn; the frame must reach the
-                // end of the file (nothing valid after it).
-                let reaches_end = !complete || off + FRAME_HEADER + len == data.len();
-                if last_segment && reaches_end {
+                // Only the very end of the last segment may be torn: a header cut short, a
+                // plausible frame that runs past the end of the file or ends exactly there
+                // (the last write, half on disk), or a tail of zeros. An implausible length
+                // with more bytes after it is damage.
+                let runs_past_end = !header_ok || (plausible && !complete);
+                let ends_here = complete && off + FRAME_HEADER + len == data.len();
+                let zero_tail = data[off..].iter().all(|b| *b == 0);
+                if last_segment && (runs_past_end || ends_here || zero_tail) {
                     torn = Some((path.clone(), off as u64, data.len() as u64));
                     break;
                 }
@@ -250,6 +260,36 @@ fn check_records(
     Ok((tree, index))
 }
 
+/// Copies the bytes `[valid, len)` of `path` to `<path>.torn-<unix time>-<valid>` (synced),
+/// then cuts the segment at `valid`: nothing a crash left behind is destroyed.
+fn set_aside(path: &Path, valid: u64, len: u64) -> Result<(), LogError> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    f.seek(SeekFrom::Start(valid)).map_err(io)?;
+    let mut tail = Vec::with_capacity((len - valid) as usize);
+    f.read_to_end(&mut tail).map_err(io)?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".torn-{}-{valid}", crate::time::now()));
+    let aside = PathBuf::from(name);
+    let mut out = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&aside)
+        .map_err(io)?;
+    out.write_all(&tail).map_err(io)?;
+    out.sync_all().map_err(io)?;
+    if let Some(d) = path.parent().and_then(|d| File::open(d).ok()) {
+        d.sync_all().map_err(io)?;
+    }
+    f.set_len(valid).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    tracing::warn!(aside = %aside.display(), bytes = len - valid, "audit log: a torn final record was moved aside");
+    Ok(())
+}
+
 fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join("checkpoint")
 }
@@ -286,14 +326,23 @@ impl AuditLog {
             segments: segs.len(),
             ..Default::default()
         };
-        if let Some((path, valid, len)) = torn {
-            let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
-            f.set_len(valid).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            rec.truncated_bytes = len - valid;
+        // Everything is checked before anything is changed: the checkpoint first.
+        let cp = load_checkpoint(dir, &origin, key.public().raw())?;
+        if let (Some((c, _)), Some(_)) = (&cp, &torn) {
+            if c.size > payloads.len() as u64 {
+                return Err(LogError::CheckpointMismatch(format!(
+                    "record {} is damaged, but the signed checkpoint covers {} records: acknowledged records would be lost, refusing to cut anything",
+                    payloads.len(),
+                    c.size
+                )));
+            }
         }
         let (tree, index) = check_records(&payloads, domain)?;
-        let cp = load_checkpoint(dir, &origin, key.public().raw())?;
+        if let Some((path, valid, len)) = torn {
+            set_aside(&path, valid, len)?;
+            rec.truncated_bytes = len - valid;
+            rec.moved_aside = true;
+        }
         if let Some((c, _)) = &cp {
             if c.size > tree.len() {
                 return Err(LogError::CheckpointMismatch(format!(
@@ -915,6 +964,17 @@ mod tests {
         .unwrap();
         assert_eq!(rec.records, 10);
         assert_eq!(rec.truncated_bytes, 12);
+        assert!(rec.moved_aside);
+        let aside: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".torn-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(
+            fs::read(aside[0].path()).unwrap(),
+            frame(b"{\"partial\":")[..12].to_vec()
+        );
         log.append_blocking(rec_owned(10)).unwrap();
         log.shutdown();
         drop(log);
@@ -928,6 +988,58 @@ mod tests {
             SigningKey::from_pkcs8(&der).unwrap(),
         );
         assert!(matches!(e, Err(LogError::Damaged(_))), "{:?}", e.err());
+    }
+
+    /// An implausible length in the middle of the last segment is damage, not a torn tail: the
+    /// log refuses to open and not a byte is changed (the review's reproduction cut 7.9 KB of
+    /// intact records here).
+    #[test]
+    fn an_implausible_length_is_damage_and_nothing_is_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let (k, der) = SigningKey::generate_ed25519().unwrap();
+        let (log, _) = AuditLog::open(d.path(), "company.com", k).unwrap();
+        for i in 0..30 {
+            log.append_blocking(rec(i)).unwrap();
+        }
+        log.shutdown();
+        drop(log);
+        let seg = list_segments(d.path()).unwrap()[0].clone();
+        let (_, locs, _, _) = scan(d.path()).unwrap();
+        let mut data = fs::read(&seg).unwrap();
+        let at = (locs[12].offset - FRAME_HEADER as u64) as usize;
+        data[at..at + 4].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+        fs::write(&seg, &data).unwrap();
+        let e = AuditLog::open(
+            d.path(),
+            "company.com",
+            SigningKey::from_pkcs8(&der).unwrap(),
+        );
+        assert!(matches!(e, Err(LogError::Damaged(_))), "{:?}", e.err());
+        assert_eq!(
+            fs::read(&seg).unwrap(),
+            data,
+            "recovery changed the damaged log"
+        );
+        // A torn-looking tail *below* the checkpoint is refused as well: cut off the last
+        // records' bytes mid-frame, which the checkpoint covers.
+        data[at..at + 4].copy_from_slice(&(locs[12].len).to_be_bytes());
+        let cut = (locs[29].offset + 3) as usize;
+        fs::write(&seg, &data[..cut]).unwrap();
+        let e = AuditLog::open(
+            d.path(),
+            "company.com",
+            SigningKey::from_pkcs8(&der).unwrap(),
+        );
+        assert!(
+            matches!(e, Err(LogError::CheckpointMismatch(_))),
+            "{:?}",
+            e.err()
+        );
+        assert_eq!(
+            fs::read(&seg).unwrap().len(),
+            cut,
+            "nothing below the checkpoint is cut"
+        );
     }
 
     fn rec_owned(i: usize) -> Record {

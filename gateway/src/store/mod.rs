@@ -5,4 +5,4 @@ pub mod log;
 pub mod state;
 
 pub use log::{AuditLog, LogError, Recovery};
-pub use state::{Revocation, State, StateError};
+pub use state::{merge_until, Revocation, Revoked, State, StateError};

@@ -27,15 +27,44 @@ pub struct Revocation {
     pub value: String,
     pub until: Instant,
     pub at: Instant,
+    /// For a partner's notice: its `iat`, so an older notice for the same value is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice_iat: Option<Instant>,
+}
+
+/// Two revocations of one value merged: permanent if either is, else the later `until`. A
+/// revocation is never lifted or shortened by another.
+pub fn merge_until(a: Instant, b: Instant) -> Instant {
+    if a == 0 || b == 0 {
+        0
+    } else {
+        a.max(b)
+    }
+}
+
+/// What [`State::revoke`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// The value was not revoked before.
+    New,
+    /// Merged into an existing revocation (its `until` is the merged one).
+    Merged(Instant),
+    /// A partner notice older than one already applied for this value: nothing changed.
+    Stale,
 }
 
 pub struct State {
+    rev_write: std::sync::Mutex<()>,
     db: sled::Db,
     replay: sled::Tree,
     revocations: sled::Tree,
     meta: sled::Tree,
     /// In-memory mirror of revocations, checked on every verification.
     rev_cache: RwLock<HashMap<(String, RevocationKind, String), Instant>>,
+}
+
+fn replay_key(issuer: &str, jti: &str) -> Vec<u8> {
+    format!("{issuer}\u{0}{jti}").into_bytes()
 }
 
 fn rev_key(domain: &str, kind: RevocationKind, value: &str) -> Vec<u8> {
@@ -53,6 +82,7 @@ impl State {
             .open()
             .map_err(e)?;
         let s = State {
+            rev_write: std::sync::Mutex::new(()),
             replay: db.open_tree("replay").map_err(e)?,
             revocations: db.open_tree("revocations").map_err(e)?,
             meta: db.open_tree("meta").map_err(e)?,
@@ -73,14 +103,15 @@ impl State {
         Ok(s)
     }
 
-    /// First use of a token id wins: returns `true` if `jti` was unseen (and is now recorded
-    /// until `exp`), `false` if it was already used. One sled operation: the audit log of
-    /// record makes it durable (the cache is rebuilt from it at start).
-    pub fn replay_insert(&self, jti: &str, exp: Instant) -> Result<bool, StateError> {
+    /// First use of a token id wins: returns `true` if `issuer`'s `jti` was unseen (and is now
+    /// recorded until `exp`), `false` if it was already used. Ids are kept per issuing domain,
+    /// so one partner cannot use up another's. One sled operation: the audit log of record
+    /// makes it durable (the cache is rebuilt from it at start).
+    pub fn replay_insert(&self, issuer: &str, jti: &str, exp: Instant) -> Result<bool, StateError> {
         let r = self
             .replay
             .compare_and_swap(
-                jti.as_bytes(),
+                replay_key(issuer, jti),
                 None as Option<&[u8]>,
                 Some(&exp.to_be_bytes()[..]),
             )
@@ -89,19 +120,21 @@ impl State {
     }
 
     /// Forgets a token id (when the crossing it started was not made durable).
-    pub fn replay_remove(&self, jti: &str) -> Result<(), StateError> {
-        self.replay.remove(jti.as_bytes()).map_err(e)?;
+    pub fn replay_remove(&self, issuer: &str, jti: &str) -> Result<(), StateError> {
+        self.replay.remove(replay_key(issuer, jti)).map_err(e)?;
         Ok(())
     }
 
-    pub fn replay_seen(&self, jti: &str) -> bool {
-        self.replay.contains_key(jti.as_bytes()).unwrap_or(true)
+    pub fn replay_seen(&self, issuer: &str, jti: &str) -> bool {
+        self.replay
+            .contains_key(replay_key(issuer, jti))
+            .unwrap_or(true)
     }
 
     /// Drops replay entries whose token expired before `now - slack` (a token is refused after
     /// its `exp` anyway). Returns how many were swept.
     pub fn sweep_replay(&self, now: Instant, slack: i64) -> Result<usize, StateError> {
-        let cutoff = now - slack;
+        let cutoff = now.saturating_sub(slack);
         let mut n = 0;
         for item in self.replay.iter() {
             let (k, v) = item.map_err(e)?;
@@ -118,20 +151,82 @@ impl State {
         Ok(n)
     }
 
-    /// Records a revocation durably (flushed before returning).
-    pub fn revoke(&self, r: &Revocation) -> Result<bool, StateError> {
+    /// Records a revocation durably (flushed before returning), merged with any earlier one
+    /// of the same value ([`merge_until`]); a partner notice older than the newest applied for
+    /// the value changes nothing.
+    pub fn revoke(&self, r: &Revocation) -> Result<Revoked, StateError> {
         let kind = RevocationKind::parse(&r.kind)
             .ok_or_else(|| StateError(format!("unknown revocation kind {}", r.kind)))?;
         let key = rev_key(&r.domain, kind, &r.value);
-        let fresh = !self.revocations.contains_key(&key).map_err(e)?;
+        // One writer at a time, so the merge reads what it replaces.
+        let _g = self
+            .rev_write
+            .lock()
+            .map_err(|_| StateError("poisoned".into()))?;
+        let old: Option<Revocation> = match self.revocations.get(&key).map_err(e)? {
+            Some(v) => Some(serde_json::from_slice(&v).map_err(e)?),
+            None => None,
+        };
+        let (merged, outcome) = match old {
+            None => (r.clone(), Revoked::New),
+            Some(o) => {
+                if let (Some(seen), Some(new)) = (o.notice_iat, r.notice_iat) {
+                    if new < seen {
+                        return Ok(Revoked::Stale);
+                    }
+                }
+                let until = merge_until(o.until, r.until);
+                let m = Revocation {
+                    until,
+                    at: o.at,
+                    notice_iat: match (o.notice_iat, r.notice_iat) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    },
+                    ..r.clone()
+                };
+                (m, Revoked::Merged(until))
+            }
+        };
         self.revocations
-            .insert(key, serde_json::to_vec(r).map_err(e)?)
+            .insert(key, serde_json::to_vec(&merged).map_err(e)?)
             .map_err(e)?;
         self.db.flush().map_err(e)?;
         if let Ok(mut c) = self.rev_cache.write() {
-            c.insert((r.domain.clone(), kind, r.value.clone()), r.until);
+            c.insert(
+                (merged.domain.clone(), kind, merged.value.clone()),
+                merged.until,
+            );
         }
-        Ok(fresh)
+        Ok(outcome)
+    }
+
+    /// Queues a revocation notice for `partner` (a gateway ID), after every notice queued
+    /// before it: notices are delivered in the order they were issued.
+    pub fn queue_notice(&self, partner: &str, jti: &str, notice: &[u8]) -> Result<(), StateError> {
+        let n = self.db.generate_id().map_err(e)?;
+        let key = format!("notice\u{0}{partner}\u{0}{n:020}\u{0}{jti}");
+        self.put_meta(&key, notice)
+    }
+
+    /// Queued notices per partner, oldest first: `(partner, [(queue key, jti, notice)])`.
+    #[allow(clippy::type_complexity)]
+    pub fn queued_notices(&self) -> Vec<(String, Vec<(String, String, Vec<u8>)>)> {
+        let mut by: std::collections::BTreeMap<String, Vec<(String, String, Vec<u8>)>> =
+            Default::default();
+        for (key, v) in self.scan_meta("notice\u{0}") {
+            let mut parts = key.split('\u{0}');
+            if let (_, Some(gid), Some(_n), Some(jti)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            {
+                let (gid, jti) = (gid.to_string(), jti.to_string());
+                by.entry(gid).or_default().push((key, jti, v));
+            } else {
+                // A key of an older layout or garbage: not deliverable in order; drop it.
+                let _ = self.del_meta(&key);
+            }
+        }
+        by.into_iter().collect()
     }
 
     pub fn revocations(&self) -> Vec<Revocation> {
@@ -198,18 +293,120 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         {
             let s = State::open(d.path()).unwrap();
-            assert!(s.replay_insert("a", 100).unwrap());
-            assert!(!s.replay_insert("a", 100).unwrap());
-            assert!(s.replay_insert("b", 50).unwrap());
-            s.replay_remove("b").unwrap();
-            assert!(s.replay_insert("b", 50).unwrap());
+            assert!(s.replay_insert("p.com", "a", 100).unwrap());
+            assert!(!s.replay_insert("p.com", "a", 100).unwrap());
+            assert!(
+                s.replay_insert("q.com", "a", 100).unwrap(),
+                "another issuer's id is its own"
+            );
+            assert!(s.replay_insert("p.com", "b", 50).unwrap());
+            s.replay_remove("p.com", "b").unwrap();
+            assert!(s.replay_insert("p.com", "b", 50).unwrap());
             assert_eq!(s.sweep_replay(60, 0).unwrap(), 1);
-            assert!(!s.replay_seen("b"));
+            assert!(!s.replay_seen("p.com", "b"));
             s.flush().unwrap();
         }
         let s = State::open(d.path()).unwrap();
-        assert!(s.replay_seen("a"));
-        assert!(!s.replay_insert("a", 100).unwrap());
+        assert!(s.replay_seen("p.com", "a"));
+        assert!(!s.replay_insert("p.com", "a", 100).unwrap());
+    }
+
+    #[test]
+    fn revocations_merge_and_are_never_lifted() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(d.path()).unwrap();
+        let r = |until: i64, notice_iat: Option<i64>| Revocation {
+            domain: "company.com".into(),
+            kind: "agent".into(),
+            value: "spiffe://company.com/agent/x/1".into(),
+            until,
+            at: 1,
+            notice_iat,
+        };
+        let a = |s: &State, now| {
+            s.is_revoked(
+                "company.com",
+                RevocationKind::Agent,
+                "spiffe://company.com/agent/x/1",
+                now,
+            )
+        };
+        assert_eq!(s.revoke(&r(0, None)).unwrap(), Revoked::New);
+        // A later revocation with an earlier (or past) until does not lift a permanent one.
+        assert_eq!(s.revoke(&r(50, None)).unwrap(), Revoked::Merged(0));
+        assert!(a(&s, 1_000_000));
+        // Two temporary ones: the later until wins, in either order.
+        let v = Revocation {
+            value: "t".into(),
+            kind: "task".into(),
+            ..r(100, None)
+        };
+        s.revoke(&v).unwrap();
+        assert_eq!(
+            s.revoke(&Revocation {
+                until: 50,
+                ..v.clone()
+            })
+            .unwrap(),
+            Revoked::Merged(100)
+        );
+        assert!(s.is_revoked("company.com", RevocationKind::Task, "t", 99));
+        // A notice older than one applied for the value changes nothing.
+        let n = Revocation {
+            value: "n".into(),
+            ..r(200, Some(20))
+        };
+        s.revoke(&n).unwrap();
+        assert_eq!(
+            s.revoke(&Revocation {
+                until: 0,
+                notice_iat: Some(10),
+                ..n.clone()
+            })
+            .unwrap(),
+            Revoked::Stale
+        );
+        assert!(!s.is_revoked("company.com", RevocationKind::Agent, "n", 300));
+        assert_eq!(
+            s.revoke(&Revocation {
+                until: 0,
+                notice_iat: Some(30),
+                ..n.clone()
+            })
+            .unwrap(),
+            Revoked::Merged(0)
+        );
+        assert!(s.is_revoked("company.com", RevocationKind::Agent, "n", 300));
+    }
+
+    #[test]
+    fn notices_queue_in_issue_order_per_partner() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(d.path()).unwrap();
+        for (p, j) in [
+            ("g2", "c"),
+            ("g1", "z"),
+            ("g1", "a"),
+            ("g2", "b"),
+            ("g1", "m"),
+        ] {
+            s.queue_notice(p, j, j.as_bytes()).unwrap();
+        }
+        let q = s.queued_notices();
+        let order: Vec<(String, Vec<String>)> = q
+            .into_iter()
+            .map(|(p, v)| (p, v.into_iter().map(|(_, j, _)| j).collect()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (
+                    "g1".to_string(),
+                    vec!["z".to_string(), "a".into(), "m".into()]
+                ),
+                ("g2".to_string(), vec!["c".to_string(), "b".into()]),
+            ]
+        );
     }
 
     #[test]
@@ -223,15 +420,17 @@ mod tests {
                 value: "spiffe://company.com/agent/x/1".into(),
                 until: 0,
                 at: 1,
+                notice_iat: None,
             };
-            assert!(s.revoke(&r).unwrap());
-            assert!(!s.revoke(&r).unwrap());
+            assert_eq!(s.revoke(&r).unwrap(), Revoked::New);
+            assert_eq!(s.revoke(&r).unwrap(), Revoked::Merged(0));
             let t = Revocation {
                 domain: "company.com".into(),
                 kind: "task".into(),
                 value: "t".into(),
                 until: 100,
                 at: 1,
+                notice_iat: None,
             };
             s.revoke(&t).unwrap();
             assert!(s
