@@ -237,7 +237,7 @@ fn kinds(v: &serde_json::Value) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|f| f["kind"].as_str().unwrap().to_string())
-        .filter(|k| k != "matched" && k != "unused" && k != "refused")
+        .filter(|k| k != "matched" && k != "pending" && k != "refused" && k != "failed")
         .collect()
 }
 
@@ -365,6 +365,7 @@ async fn both_logs_reconcile_clean_and_every_tampering_is_detected() {
             seq: 0,
             leaf: "AAAA".into(),
             iat: 0,
+            replica: None,
         };
         o.receipt = Some(fedgate::federation::receipt::mint_receipt(&k, &fake).unwrap());
     });

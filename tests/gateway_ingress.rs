@@ -224,6 +224,7 @@ async fn every_receiving_rule_has_its_reason() {
             at: 0,
             notice_iat: None,
         })
+        .await
         .unwrap();
     assert_eq!(
         present(&f, &t, Method::POST, "/analytics/run")

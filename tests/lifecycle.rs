@@ -431,13 +431,13 @@ async fn revocation_propagates_to_the_partner_and_is_retried() {
     let start = std::time::Instant::now();
     let mut reason = String::new();
     while start.elapsed() < Duration::from_secs(3) {
-        if f.ve_gw()
-            .gateway
-            .state
-            .revocations()
-            .iter()
-            .any(|r| r.value == "spiffe://company.com/agent/planning/p1")
-        {
+        if fedgate::chain::Revocations::is_revoked(
+            f.ve_gw().gateway.state.revocations(),
+            CO,
+            fedgate::chain::RevocationKind::Agent,
+            "spiffe://company.com/agent/planning/p1",
+            fedgate::time::now(),
+        ) {
             reason = call(
                 &direct,
                 Method::POST,

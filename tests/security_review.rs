@@ -338,7 +338,7 @@ async fn admin_revoke(d: &Domain, body: serde_json::Value) -> Reply {
 
 fn vendor_revoked(f: &Federation, kind: fedgate::chain::RevocationKind, v: &str, at: i64) -> bool {
     use fedgate::chain::Revocations;
-    f.ve_gw().gateway.state.is_revoked(CO, kind, v, at)
+    f.ve_gw().gateway.state.revocations().is_revoked(CO, kind, v, at)
 }
 
 /// Defect 5: a second revocation overwrote the first (lifting a permanent one), a past
@@ -386,6 +386,7 @@ async fn d05_revocations_merge_and_are_never_lifted() {
             .co_gw()
             .gateway
             .state
+            .revocations()
             .is_revoked(CO, K::Agent, agent, later));
     }
     let chain = issue_chain(

@@ -40,10 +40,13 @@ pub enum Reason {
     /// Beyond SPEC section 10 (docs/spec-notes.md): the source keeps being denied and is
     /// refused up front for a while (HTTP 429); not a crossing decision, so not audited.
     RateLimited,
+    /// Beyond SPEC section 10: the shared state store (PostgreSQL) cannot be reached or its
+    /// revocation mirror is not current, so nothing can be decided safely (HTTP 503).
+    StateUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 33] = [
         Reason::Malformed,
         Reason::BadAlg,
         Reason::BadSignature,
@@ -76,6 +79,7 @@ impl Reason {
         Reason::AuditUnavailable,
         Reason::PartnerUnavailable,
         Reason::RateLimited,
+        Reason::StateUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -112,6 +116,7 @@ impl Reason {
             Reason::AuditUnavailable => "audit_unavailable",
             Reason::PartnerUnavailable => "partner_unavailable",
             Reason::RateLimited => "rate_limited",
+            Reason::StateUnavailable => "state_unavailable",
         }
     }
 
@@ -142,7 +147,7 @@ impl Reason {
             | Reason::WrongAudience
             | Reason::IssuerMismatch
             | Reason::AgreementMismatch => 401,
-            Reason::AuditUnavailable => 503,
+            Reason::AuditUnavailable | Reason::StateUnavailable => 503,
             Reason::PartnerUnavailable => 502,
             Reason::RateLimited => 429,
             _ => 403,

@@ -49,6 +49,42 @@ pub fn origin_of(trust_domain: &str) -> String {
     format!("{trust_domain}/fedgate-audit")
 }
 
+/// The origin of a domain's log, or of one replica's log when the domain runs several
+/// (`<trust-domain>/fedgate-audit/<replica>`, SPEC section 8).
+pub fn origin_for(trust_domain: &str, replica: Option<&str>) -> String {
+    match replica {
+        Some(r) => format!("{trust_domain}/fedgate-audit/{r}"),
+        None => origin_of(trust_domain),
+    }
+}
+
+/// Longest replica name (part of the origin line).
+pub const MAX_REPLICA_BYTES: usize = 32;
+
+/// A replica name: 1-32 of `[a-z0-9-]`, not starting with `-`.
+pub fn valid_replica(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= MAX_REPLICA_BYTES
+        && !r.starts_with('-')
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Splits an origin into `(trust domain, replica)`; `None` if it is not a fedgate audit origin.
+pub fn parse_origin(origin: &str) -> Option<(&str, Option<&str>)> {
+    let (td, rest) = origin.split_once("/fedgate-audit")?;
+    if td.is_empty() || td.contains('/') {
+        return None;
+    }
+    match rest {
+        "" => Some((td, None)),
+        r => {
+            let name = r.strip_prefix('/')?;
+            valid_replica(name).then_some((td, Some(name)))
+        }
+    }
+}
+
 /// The note key id for an Ed25519 key under `name`.
 pub fn key_id(name: &str, public: &[u8]) -> [u8; 4] {
     let h = sha256_parts(&[name.as_bytes(), b"\n", &[ED25519_TYPE], public]);
@@ -186,7 +222,13 @@ pub fn verify_with_key(
 /// Verifies a signed checkpoint of `bundle`'s domain with an audit key of that bundle (only a
 /// key whose role is `audit` signs checkpoints).
 pub fn verify_with_bundle(text: &str, bundle: &Bundle) -> Result<Checkpoint, CheckpointError> {
-    let origin = origin_of(bundle.trust_domain.as_str());
+    let td = bundle.trust_domain.as_str();
+    // The domain's log, or one of its replicas' logs.
+    let named = peek(text)?.origin;
+    let origin = match parse_origin(&named) {
+        Some((t, _)) if t == td => named,
+        _ => return Err(CheckpointError::WrongOrigin(named, origin_of(td))),
+    };
     let mut last = CheckpointError::NoKnownSignature(origin.clone());
     for a in bundle.keys_with_role(crate::spiffe::KeyRole::Audit) {
         if a.key.alg() != Alg::EdDsa {

@@ -13,6 +13,8 @@ use crate::spiffe::BundleSet;
 #[derive(Debug, Clone)]
 pub struct Export {
     pub domain: String,
+    /// The replica whose log this is, when the domain runs several (from the origin).
+    pub replica: Option<String>,
     pub records: Vec<Record>,
     pub leaves: Vec<Hash>,
     pub checkpoint: Checkpoint,
@@ -54,9 +56,8 @@ pub fn lines(jsonl: &[u8]) -> Vec<&[u8]> {
 /// Verifies an export against the bundles (the checkpoint's origin names the domain).
 pub fn verify(jsonl: &[u8], note: &str, bundles: &BundleSet) -> Result<Export, ExportError> {
     let peek = checkpoint::peek(note).map_err(|e| err(None, format!("checkpoint: {e}")))?;
-    let domain = peek
-        .origin
-        .strip_suffix("/fedgate-audit")
+    let (domain, replica) = checkpoint::parse_origin(&peek.origin)
+        .map(|(d, r)| (d.to_string(), r.map(String::from)))
         .ok_or_else(|| {
             err(
                 None,
@@ -65,8 +66,7 @@ pub fn verify(jsonl: &[u8], note: &str, bundles: &BundleSet) -> Result<Export, E
                     peek.origin
                 ),
             )
-        })?
-        .to_string();
+        })?;
     let bundle = bundles
         .get_str(&domain)
         .ok_or_else(|| err(None, format!("no bundle for {domain}")))?;
@@ -130,6 +130,7 @@ pub fn verify(jsonl: &[u8], note: &str, bundles: &BundleSet) -> Result<Export, E
     }
     Ok(Export {
         domain,
+        replica,
         records,
         leaves,
         checkpoint: cp,

@@ -1,7 +1,9 @@
 //! Reconciliation of two domains' verified exports (pure): every crossing one side allowed
 //! outbound is matched, by crossing id, with the other side's inbound record, field by field;
 //! receipts are checked against the partner's log; clocks are compared; and the logs themselves
-//! are checked against earlier checkpoints (append-only).
+//! are checked against earlier checkpoints (append-only). A domain running several replicas
+//! has one export per replica; a side is the union of them, and a receipt names the replica
+//! whose log holds its record.
 //!
 //! Kinds: `matched`; `missing_in_partner` (sent, never logged by the receiver);
 //! `missing_in_local` (the receiver logged an authentic token the sender never logged);
@@ -51,7 +53,7 @@ pub struct Report {
 }
 
 /// Kinds that are not discrepancies.
-const BENIGN: &[&str] = &["matched", "pending", "refused"];
+const BENIGN: &[&str] = &["matched", "pending", "refused", "failed"];
 
 /// Earlier checkpoints an auditor holds, to prove the logs only grew.
 #[derive(Debug, Clone, Default)]
@@ -60,35 +62,53 @@ pub struct Previous {
     pub partner: Vec<Checkpoint>,
 }
 
-fn append_only(e: &Export, prev: &[Checkpoint], findings: &mut Vec<Finding>) {
+/// Each earlier checkpoint must be extended by the export of the same log (origin).
+fn append_only(side: &[Export], prev: &[Checkpoint], findings: &mut Vec<Finding>) {
     for p in prev {
-        let ok = p.origin == e.checkpoint.origin
-            && p.size <= e.records.len() as u64
-            && root_of(&e.leaves[..p.size as usize]) == p.root;
+        let e = side.iter().find(|e| e.checkpoint.origin == p.origin);
+        let ok = e.is_some_and(|e| {
+            p.size <= e.records.len() as u64 && root_of(&e.leaves[..p.size as usize]) == p.root
+        });
         if !ok {
+            let domain = side.first().map(|e| e.domain.clone()).unwrap_or_default();
             findings.push(Finding {
                 kind: "not_append_only",
-                direction: e.domain.clone(),
+                direction: domain.clone(),
                 crossing: None,
                 fields: vec![],
                 detail: format!(
-                    "{}'s log does not extend its earlier checkpoint of size {} (history rewritten or forked)",
-                    e.domain, p.size
+                    "{} ({}) does not extend its earlier checkpoint of size {} (history rewritten or forked)",
+                    domain, p.origin, p.size
                 ),
             });
         }
     }
 }
 
-fn decisions<'a>(e: &'a Export, direction: &str, partner: &str) -> Vec<&'a Record> {
-    e.records
-        .iter()
+fn decisions<'a>(side: &'a [Export], direction: &str, partner: &str) -> Vec<&'a Record> {
+    side.iter()
+        .flat_map(|e| e.records.iter())
         .filter(|r| {
             r.kind == "decision"
                 && r.direction == direction
                 && r.partner.as_deref() == Some(partner)
         })
         .collect()
+}
+
+/// A side's domain name (all its exports are of one domain).
+fn side_domain(side: &[Export]) -> String {
+    side.first().map(|e| e.domain.clone()).unwrap_or_default()
+}
+
+/// Whether an outcome says the partner never answered (nothing reached the agent): then a
+/// missing receipt, or a missing record at the partner, is what such a failure looks like.
+fn partner_failed(o: Option<&&Record>) -> bool {
+    o.is_some_and(|o| {
+        o.receipt.is_none()
+            && matches!(o.status, Some(502) | Some(504))
+            && o.reason.as_deref() == Some("partner_unavailable")
+    })
 }
 
 /// The token-level fields both sides record, compared.
@@ -138,32 +158,37 @@ fn millis(t: &str) -> Option<i64> {
 }
 
 fn one_direction(
-    x: &Export,
-    y: &Export,
+    x: &[Export],
+    y: &[Export],
     y_bundle: &Bundle,
     skew_ms: i64,
     findings: &mut Vec<Finding>,
 ) {
-    let dir = format!("{} -> {}", x.domain, y.domain);
-    let outs: Vec<&Record> = decisions(x, "outbound", &y.domain)
+    let (xd, yd) = (side_domain(x), side_domain(y));
+    let dir = format!("{xd} -> {yd}");
+    let outs: Vec<&Record> = decisions(x, "outbound", &yd)
         .into_iter()
         .filter(|r| r.is_allow())
         .collect();
     let mut inbound: HashMap<&str, Vec<&Record>> = HashMap::new();
-    for r in decisions(y, "inbound", &x.domain) {
+    for r in decisions(y, "inbound", &xd) {
         if r.authenticated == Some(true) {
             inbound.entry(r.crossing.as_str()).or_default().push(r);
         }
     }
     let outcomes: HashMap<&str, &Record> = x
-        .records
         .iter()
+        .flat_map(|e| e.records.iter())
         .filter(|r| r.kind == "outcome" && r.direction == "outbound")
         .map(|r| (r.crossing.as_str(), r))
         .collect();
-    // The latest time the receiver's export covers: a token issued for direct use that expired
+    // The latest time the receiver's exports cover: a token issued for direct use that expired
     // before it and left no record there was never (visibly) used.
-    let y_latest = y.records.iter().filter_map(|r| millis(&r.time)).max();
+    let y_latest = y
+        .iter()
+        .flat_map(|e| e.records.iter())
+        .filter_map(|r| millis(&r.time))
+        .max();
     let mut seen_out = std::collections::HashSet::new();
     for out in outs {
         seen_out.insert(out.crossing.as_str());
@@ -180,8 +205,7 @@ fn one_direction(
                     (
                         "unconfirmed",
                         format!(
-                            "a token issued for direct use expired with no record of it at {}: never presented, or presented and not logged",
-                            y.domain
+                            "a token issued for direct use expired with no record of it at {yd}: never presented, or presented and not logged"
                         ),
                     )
                 } else {
@@ -190,13 +214,15 @@ fn one_direction(
                         "a token issued for direct use has not been presented yet".to_string(),
                     )
                 }
+            } else if partner_failed(outcomes.get(out.crossing.as_str())) {
+                (
+                    "failed",
+                    format!("the partner did not answer (connection failed or timed out) and {yd} has no record of it"),
+                )
             } else {
                 (
                     "missing_in_partner",
-                    format!(
-                        "{} forwarded it, {} has no record of it",
-                        x.domain, y.domain
-                    ),
+                    format!("{xd} forwarded it, {yd} has no record of it"),
                 )
             };
             findings.push(Finding {
@@ -233,7 +259,7 @@ fn one_direction(
                     direction: dir.clone(),
                     crossing: c,
                     fields: vec![],
-                    detail: format!("{} refused it ({reason})", y.domain),
+                    detail: format!("{yd} refused it ({reason})"),
                 });
                 continue;
             }
@@ -244,17 +270,12 @@ fn one_direction(
                 direction: dir.clone(),
                 crossing: c,
                 fields: vec![],
-                detail: format!("{} allowed this token {} times", y.domain, allows.len()),
+                detail: format!("{yd} allowed this token {} times", allows.len()),
             });
             continue;
         }
         if !fields.is_empty() {
-            let detail = format!(
-                "{} and {} disagree on {}",
-                x.domain,
-                y.domain,
-                fields.join(", ")
-            );
+            let detail = format!("{xd} and {yd} disagree on {}", fields.join(", "));
             findings.push(Finding {
                 kind: "field_mismatch",
                 direction: dir.clone(),
@@ -270,13 +291,23 @@ fn one_direction(
                 .get(out.crossing.as_str())
                 .and_then(|o| o.receipt.as_deref())
             {
+                None if partner_failed(outcomes.get(out.crossing.as_str())) => {
+                    findings.push(Finding {
+                        kind: "failed",
+                        direction: dir.clone(),
+                        crossing: c,
+                        fields: vec![],
+                        detail: format!("{yd} allowed it but its answer never arrived (connection failed or timed out)"),
+                    });
+                    continue;
+                }
                 None => {
                     findings.push(Finding {
                         kind: "unreceipted",
                         direction: dir.clone(),
                         crossing: c,
                         fields: vec![],
-                        detail: format!("{} allowed it but {} kept no receipt", y.domain, x.domain),
+                        detail: format!("{yd} allowed it but {xd} kept no receipt"),
                     });
                     continue;
                 }
@@ -289,24 +320,25 @@ fn one_direction(
                                 crossing: c,
                                 fields: vec![],
                                 detail: format!(
-                                    "the receipt does not verify with {}'s bundle: {e}",
-                                    y.domain
+                                    "the receipt does not verify with {yd}'s bundle: {e}"
                                 ),
                             });
                             continue;
                         }
                         Ok(rc) => {
-                            let at = y.records.get(rc.seq as usize);
-                            let leaf_ok = y
-                                .leaves
-                                .get(rc.seq as usize)
+                            // The log the receipt names: the replica's (or the only one).
+                            let log = y.iter().find(|e| e.replica == rc.replica);
+                            let at = log.and_then(|e| e.records.get(rc.seq as usize));
+                            let leaf_ok = log
+                                .and_then(|e| e.leaves.get(rc.seq as usize))
                                 .map(|l| b64url(l) == rc.leaf)
                                 .unwrap_or(false);
                             if rc.crossing != out.crossing
                                 || !leaf_ok
                                 || at.map(|r| r.crossing != out.crossing).unwrap_or(true)
                             {
-                                findings.push(Finding { kind: "receipt_mismatch", direction: dir.clone(), crossing: c, fields: vec![], detail: format!("the receipt names record {} of {}'s log, which is not this crossing's record", rc.seq, y.domain) });
+                                let which = rc.replica.as_deref().map(|r| format!(" (replica {r})")).unwrap_or_default();
+                                findings.push(Finding { kind: "receipt_mismatch", direction: dir.clone(), crossing: c, fields: vec![], detail: format!("the receipt names record {} of {yd}'s log{which}, which is not this crossing's record", rc.seq) });
                                 continue;
                             }
                         }
@@ -331,7 +363,7 @@ fn one_direction(
         }
         let replays = ins.len() - 1;
         let detail = if replays > 0 {
-            format!("matched; {replays} replay(s) refused by {}", y.domain)
+            format!("matched; {replays} replay(s) refused by {yd}")
         } else {
             "matched".to_string()
         };
@@ -351,10 +383,7 @@ fn one_direction(
             direction: dir.clone(),
             crossing: Some(c.to_string()),
             fields: vec![],
-            detail: format!(
-                "{} logged an authentic token from {} that {} never logged issuing",
-                y.domain, x.domain, x.domain
-            ),
+            detail: format!("{yd} logged an authentic token from {xd} that {xd} never logged issuing"),
         });
     }
 }
@@ -368,12 +397,32 @@ pub fn reconcile(
     skew: i64,
     previous: &Previous,
 ) -> Report {
+    reconcile_sides(
+        std::slice::from_ref(local),
+        std::slice::from_ref(partner),
+        local_bundle,
+        partner_bundle,
+        skew,
+        previous,
+    )
+}
+
+/// Reconciles two domains, each given as the exports of all its replicas' logs (one export
+/// for a domain that runs one gateway).
+pub fn reconcile_sides(
+    local: &[Export],
+    partner: &[Export],
+    local_bundle: &Bundle,
+    partner_bundle: &Bundle,
+    skew: i64,
+    previous: &Previous,
+) -> Report {
     let mut findings = Vec::new();
     append_only(local, &previous.local, &mut findings);
     append_only(partner, &previous.partner, &mut findings);
     one_direction(local, partner, partner_bundle, skew * 1000, &mut findings);
     one_direction(partner, local, local_bundle, skew * 1000, &mut findings);
-    report(local.domain.clone(), partner.domain.clone(), findings)
+    report(side_domain(local), side_domain(partner), findings)
 }
 
 /// Builds the report (also used when a log is tampered and nothing can be matched).
@@ -451,6 +500,7 @@ mod tests {
         }
         Export {
             domain: domain.into(),
+            replica: None,
             checkpoint: Checkpoint {
                 origin: crate::audit::origin_of(domain),
                 size: records.len() as u64,

@@ -30,12 +30,15 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Match two domains' exports crossing by crossing and report discrepancies.
+    /// Match domains' exports crossing by crossing and report discrepancies. Give LOCAL then
+    /// PARTNER, and for a domain that runs several replicas every replica's export (exports are
+    /// grouped by the domain their checkpoint names; the first file's domain is the local one;
+    /// with more than two domains every pair with the local domain is reconciled).
     Reconcile {
         #[arg(long)]
         bundles: PathBuf,
-        local: PathBuf,
-        partner: PathBuf,
+        #[arg(required = true, num_args = 2..)]
+        exports: Vec<PathBuf>,
         /// Clock difference tolerated between the two records of a crossing.
         #[arg(long, default_value = "30s")]
         skew: String,
@@ -70,6 +73,17 @@ pub fn load_export(
     Ok(export::verify(&data, &note, bundles))
 }
 
+/// The domain an export's checkpoint names, read without verifying anything.
+fn export_domain(log: &Path) -> Option<String> {
+    let note = crate::files::read_text_limited(
+        &checkpoint_path(log),
+        crate::audit::checkpoint::MAX_NOTE_BYTES,
+    )
+    .ok()?;
+    let cp = crate::audit::checkpoint::peek(&note).ok()?;
+    crate::audit::checkpoint::parse_origin(&cp.origin).map(|(d, _)| d.to_string())
+}
+
 fn previous(
     paths: &[PathBuf],
     bundles: &BundleSet,
@@ -80,7 +94,9 @@ fn previous(
             .map_err(usage)?;
         let peek = crate::audit::checkpoint::peek(&note)
             .map_err(|e| usage(format!("{}: {e}", p.display())))?;
-        let td = peek.origin.strip_suffix("/fedgate-audit").unwrap_or("");
+        let td = crate::audit::checkpoint::parse_origin(&peek.origin)
+            .map(|(d, _)| d)
+            .unwrap_or("");
         let b = bundles
             .get_str(td)
             .ok_or_else(|| usage(format!("{}: no bundle for {td}", p.display())))?;
@@ -158,8 +174,7 @@ pub fn run(cmd: AuditCmd) -> CliResult {
         }
         AuditCmd::Reconcile {
             bundles,
-            local,
-            partner,
+            exports,
             skew,
             previous_local,
             previous_partner,
@@ -171,39 +186,61 @@ pub fn run(cmd: AuditCmd) -> CliResult {
                 local: previous(&previous_local, &set)?,
                 partner: previous(&previous_partner, &set)?,
             };
-            let l = load_export(&local, &set)?;
-            let p = load_export(&partner, &set)?;
-            let report = match (l, p) {
-                (Ok(l), Ok(p)) => {
-                    let lb = set
-                        .get_str(&l.domain)
-                        .ok_or_else(|| usage("no local bundle"))?;
-                    let pb = set
-                        .get_str(&p.domain)
-                        .ok_or_else(|| usage("no partner bundle"))?;
-                    reconcile::reconcile(&l, &p, lb, pb, skew, &prev)
-                }
-                (l, p) => {
-                    let mut f = Vec::new();
-                    let name = |r: &Result<Export, export::ExportError>, path: &Path| match r {
-                        Ok(e) => e.domain.clone(),
-                        Err(_) => path.display().to_string(),
-                    };
-                    if let Err(e) = &l {
-                        f.push(reconcile::tampered(&name(&l, &local), e.to_string()));
+            // Group by domain, in order of first appearance; a tampered export is a finding
+            // of its domain (named by its checkpoint when that much parses).
+            let mut sides: Vec<(String, Vec<Export>, Vec<reconcile::Finding>)> = Vec::new();
+            for path in &exports {
+                let loaded = load_export(path, &set)?;
+                let domain = match &loaded {
+                    Ok(e) => e.domain.clone(),
+                    Err(_) => export_domain(path).unwrap_or_else(|| path.display().to_string()),
+                };
+                let at = match sides.iter().position(|(d, _, _)| *d == domain) {
+                    Some(i) => i,
+                    None => {
+                        sides.push((domain.clone(), vec![], vec![]));
+                        sides.len() - 1
                     }
-                    if let Err(e) = &p {
-                        f.push(reconcile::tampered(&name(&p, &partner), e.to_string()));
-                    }
-                    reconcile::report(name(&l, &local), name(&p, &partner), f)
+                };
+                match loaded {
+                    Ok(e) => sides[at].1.push(e),
+                    Err(e) => sides[at].2.push(reconcile::tampered(&domain, e.to_string())),
                 }
-            };
-            if json {
-                print_json(&serde_json::to_value(&report).unwrap_or_default());
-            } else {
-                print!("{}", report.table());
             }
-            Ok(if report.clean { 0 } else { 1 })
+            if sides.len() < 2 {
+                return Err(usage("give the exports of at least two domains"));
+            }
+            let mut reports = Vec::new();
+            let (local, others) = sides.split_at(1);
+            let (ld, lexp, lbad) = &local[0];
+            for (pd, pexp, pbad) in others {
+                let mut bad: Vec<reconcile::Finding> = lbad.iter().chain(pbad).cloned().collect();
+                let r = if bad.is_empty() {
+                    let lb = set
+                        .get_str(ld)
+                        .ok_or_else(|| usage(format!("no bundle for {ld}")))?;
+                    let pb = set
+                        .get_str(pd)
+                        .ok_or_else(|| usage(format!("no bundle for {pd}")))?;
+                    reconcile::reconcile_sides(lexp, pexp, lb, pb, skew, &prev)
+                } else {
+                    reconcile::report(ld.clone(), pd.clone(), std::mem::take(&mut bad))
+                };
+                reports.push(r);
+            }
+            let clean = reports.iter().all(|r| r.clean);
+            if json {
+                if reports.len() == 1 {
+                    print_json(&serde_json::to_value(&reports[0]).unwrap_or_default());
+                } else {
+                    print_json(&serde_json::to_value(&reports).unwrap_or_default());
+                }
+            } else {
+                for r in &reports {
+                    print!("{}", r.table());
+                }
+            }
+            Ok(if clean { 0 } else { 1 })
         }
     }
 }

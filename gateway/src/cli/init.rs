@@ -171,6 +171,7 @@ pub fn write_domain(args: &InitArgs, dir: &Path, now: i64) -> Result<(), CliErro
         chain: Default::default(),
         limits: Default::default(),
         lifecycle: Default::default(),
+        state: Default::default(),
     };
     let header = format!(
         "# fedgate gateway config for {td}, written by `fedgate init`.\n\

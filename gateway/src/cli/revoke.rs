@@ -41,8 +41,13 @@ pub struct RevokeArgs {
 pub struct RotateArgs {
     /// The gateway's data_dir: the new key goes under keys/ there and rotation.json tells the
     /// running gateway to publish it, then sign with it after lifecycle.key_prepublish.
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    pub data_dir: Option<PathBuf>,
+    /// The gateway's config instead: with `[state] backend = "postgres"` the rotation is
+    /// staged in the shared store for every replica (copy the new key file to each replica, at
+    /// the same path, before it activates).
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 pub fn revoke(a: RevokeArgs) -> CliResult {
@@ -130,7 +135,46 @@ pub fn revoke(a: RevokeArgs) -> CliResult {
 }
 
 pub fn rotate(a: RotateArgs) -> CliResult {
-    let (kid, path) = crate::server::lifecycle::stage_rotation(&a.data_dir).map_err(usage)?;
+    let (kid, path) = match (&a.data_dir, &a.config) {
+        (Some(d), _) => crate::server::lifecycle::stage_rotation(d).map_err(usage)?,
+        (None, Some(c)) => {
+            let cfg = crate::server::config::load(c).map_err(|p| usage(p.join("; ")))?;
+            match &cfg.state {
+                crate::server::config::StateChoice::Sled => {
+                    crate::server::lifecycle::stage_rotation(&cfg.data_dir).map_err(usage)?
+                }
+                crate::server::config::StateChoice::Postgres(o) => {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(usage)?;
+                    let o = o.clone();
+                    let dir = cfg.data_dir.join("keys");
+                    rt.block_on(async move {
+                        use crate::store::StateBackend;
+                        crate::crypto::install_provider();
+                        let st = crate::store::postgres::PgState::connect(o)
+                            .await
+                            .map_err(usage)?;
+                        let prev = st.rotation().await.map_err(usage)?;
+                        let (kid, path, text) =
+                            crate::server::lifecycle::new_rotation(&dir, prev.as_deref())
+                                .map_err(usage)?;
+                        if !st
+                            .save_rotation(prev.as_deref(), &text)
+                            .await
+                            .map_err(usage)?
+                        {
+                            return Err(usage("the rotation state changed meanwhile; try again"));
+                        }
+                        println!("the key file must be at this path on every replica before it activates");
+                        Ok::<_, CliError>((kid, path))
+                    })?
+                }
+            }
+        }
+        (None, None) => return Err(usage("give --data-dir or --config")),
+    };
     println!("staged new gateway key {kid} at {}", path.display());
     println!("the running gateway publishes it in its bundle now and signs with it after lifecycle.key_prepublish;");
     println!("the old key stays published until every token it signed has expired.");

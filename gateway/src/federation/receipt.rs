@@ -19,6 +19,9 @@ pub struct ReceiptClaims {
     /// base64url of the record's Merkle leaf hash.
     pub leaf: String,
     pub iat: i64,
+    /// The replica whose log holds the record, when the domain runs several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 pub fn mint_receipt(key: &SigningKey, claims: &ReceiptClaims) -> Result<String, JoseError> {
@@ -52,6 +55,7 @@ mod tests {
             seq: 4,
             leaf: "AAAA".into(),
             iat: 5,
+            replica: None,
         };
         let r = mint_receipt(&a.gateway_key, &c).unwrap();
         assert_eq!(verify_receipt(&r, &a.bundle).unwrap(), c);

@@ -97,10 +97,12 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.log.is_healthy() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
+    if !gw.log.is_healthy() {
         (StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable").into_response()
+    } else if !gw.state.ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "state store unavailable").into_response()
+    } else {
+        (StatusCode::OK, "ready").into_response()
     }
 }
 
@@ -152,6 +154,32 @@ pub async fn crossing(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) ->
                 body.push('\n');
             }
             ([(http::header::CONTENT_TYPE, "application/jsonl")], body).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// Which replicas' logs hold records of a crossing (`[{replica, seq}]`), from the index the
+/// replicas share; a single gateway answers from its own log.
+pub async fn crossing_locations(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    if gw.state.replica().is_some() {
+        return match gw.state.crossing_locations(&id).await {
+            Ok(v) => axum::Json(serde_json::json!({
+                "crossing": id,
+                "locations": v.iter().map(|(r, s)| serde_json::json!({"replica": r, "seq": s})).collect::<Vec<_>>(),
+            }))
+            .into_response(),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        };
+    }
+    match gw.log.crossing(&id) {
+        Ok(rs) => {
+            let seqs: Vec<serde_json::Value> = rs
+                .iter()
+                .filter_map(|b| serde_json::from_slice::<Record>(b).ok())
+                .map(|r| serde_json::json!({"replica": null, "seq": r.seq}))
+                .collect();
+            axum::Json(serde_json::json!({"crossing": id, "locations": seqs})).into_response()
         }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
@@ -289,7 +317,7 @@ pub async fn revoke(State(gw): State<Arc<Gateway>>, body: Body) -> Response {
     }
     match super::lifecycle::revoke(&gw, kind, &req.value, req.until.unwrap_or(0), now).await {
         Ok(n) => axum::Json(serde_json::json!({"revoked": true, "kind": req.kind, "value": req.value, "notified_partners": n})).into_response(),
-        Err(e) => Denial::new(Reason::AuditUnavailable, e, &id).described().into_response(),
+        Err(e) => Denial::new(Reason::StateUnavailable, e, &id).described().into_response(),
     }
 }
 

@@ -108,6 +108,164 @@ pub struct GatewayConfig {
     pub limits: Limits,
     #[serde(default)]
     pub lifecycle: Lifecycle,
+    #[serde(default)]
+    pub state: StateCfg,
+}
+
+/// Where the gateway keeps its state besides the audit log: embedded sled (one gateway) or a
+/// PostgreSQL database shared by several replicas of one domain.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateCfg {
+    #[serde(default)]
+    pub backend: Backend,
+    /// `postgres://user:password@host:port/db` (prefer `url_file`: it keeps the password out
+    /// of the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A file holding the URL (relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_timeout: Option<String>,
+    /// This replica's name: its audit log is `<td>/fedgate-audit/<replica>`. Required with
+    /// PostgreSQL (every replica needs its own log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// PEM CA certificates of the database server: TLS to PostgreSQL is used exactly when set
+    /// (and required unless the server is on loopback or a Unix socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for StateCfg {
+    // The URL may carry a password: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCfg")
+            .field("backend", &self.backend)
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("url_file", &self.url_file)
+            .field("pool_size", &self.pool_size)
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Sled,
+    Postgres,
+}
+
+/// Default connections to PostgreSQL per replica.
+pub const DEFAULT_PG_POOL: usize = 16;
+/// Default PostgreSQL statement timeout: a crossing waits on at most one statement.
+pub const DEFAULT_PG_STATEMENT_TIMEOUT: &str = "2s";
+/// Longest URL file read.
+const MAX_URL_FILE_BYTES: usize = 4096;
+use crate::audit::checkpoint::MAX_REPLICA_BYTES;
+
+/// The validated state choice.
+#[derive(Clone)]
+pub enum StateChoice {
+    Sled,
+    Postgres(crate::store::postgres::PgOptions),
+}
+
+impl std::fmt::Debug for StateChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateChoice::Sled => f.write_str("Sled"),
+            StateChoice::Postgres(o) => write!(f, "Postgres({o:?})"),
+        }
+    }
+}
+
+pub use crate::audit::checkpoint::valid_replica;
+
+fn state_choice(
+    s: &StateCfg,
+    td: Option<&TrustDomain>,
+    abs: &dyn Fn(&Path) -> PathBuf,
+    p: &mut Vec<String>,
+) -> StateChoice {
+    if let Some(r) = &s.replica {
+        if !valid_replica(r) {
+            p.push(format!(
+                "state.replica: 1-{MAX_REPLICA_BYTES} characters of [a-z0-9-], not starting with -"
+            ));
+        }
+    }
+    if s.backend == Backend::Sled {
+        if s.url.is_some() || s.url_file.is_some() || s.ca.is_some() {
+            p.push("state: url, url_file and ca are for backend = \"postgres\"".into());
+        }
+        return StateChoice::Sled;
+    }
+    let url = match (&s.url, &s.url_file) {
+        (Some(u), None) => Some(u.clone()),
+        (None, Some(f)) => match crate::files::read_text_limited(&abs(f), MAX_URL_FILE_BYTES) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                p.push(format!("state.url_file: {e}"));
+                None
+            }
+        },
+        _ => {
+            p.push("state: backend = \"postgres\" needs exactly one of url and url_file".into());
+            None
+        }
+    };
+    let ca = match &s.ca {
+        None => None,
+        Some(c) => match crate::files::read_pem_certs(&abs(c)) {
+            Ok(certs) if !certs.is_empty() => Some(certs),
+            Ok(_) => {
+                p.push("state.ca: no certificate in the file".into());
+                None
+            }
+            Err(e) => {
+                p.push(format!("state.ca: {e}"));
+                None
+            }
+        },
+    };
+    if let Some(u) = &url {
+        // The message never quotes the URL (it may hold a password).
+        if let Err(m) = crate::store::postgres::parse_url(u, s.ca.is_some()) {
+            p.push(format!("state.url: {m}"));
+        }
+    }
+    let timeout = crate::time::parse_duration_millis(
+        s.statement_timeout
+            .as_deref()
+            .unwrap_or(DEFAULT_PG_STATEMENT_TIMEOUT),
+    )
+    .map_err(|e| p.push(format!("state.statement_timeout: {e}")))
+    .unwrap_or(2000);
+    let pool = s.pool_size.unwrap_or(DEFAULT_PG_POOL);
+    if pool == 0 || pool > 1024 {
+        p.push("state.pool_size: must be 1..=1024".into());
+    }
+    let Some(replica) = s.replica.clone() else {
+        p.push("state.replica: required with backend = \"postgres\" (each replica keeps its own audit log)".into());
+        return StateChoice::Sled;
+    };
+    match (url, td) {
+        (Some(url), Some(td)) => StateChoice::Postgres(crate::store::postgres::PgOptions {
+            url,
+            pool_size: pool,
+            statement_timeout: std::time::Duration::from_millis(timeout.max(1)),
+            ca,
+            domain: td.to_string(),
+            replica,
+        }),
+        _ => StateChoice::Sled,
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -367,6 +525,9 @@ pub struct Validated {
     pub key_prepublish: i64,
     pub watch: bool,
     pub conn: ConnLimits,
+    pub state: StateChoice,
+    /// This replica's name (`[state] replica`), if any.
+    pub replica: Option<String>,
     pub denials_per_second: u32,
     pub denial_burst: u32,
     pub max_buffered_bytes: usize,
@@ -565,6 +726,7 @@ impl GatewayConfig {
             &mut p,
         );
         let conn = conn_limits(&self.limits, &mut p);
+        let state = state_choice(&self.state, td.as_ref(), &abs, &mut p);
         if self.limits.denials_per_second == 0 || self.limits.denial_burst == 0 {
             p.push("limits.denials_per_second, limits.denial_burst: must be positive".into());
         }
@@ -636,6 +798,8 @@ impl GatewayConfig {
                 key_prepublish,
                 watch: self.lifecycle.watch,
                 conn,
+                state,
+                replica: self.state.replica.clone(),
                 denials_per_second: self.limits.denials_per_second,
                 denial_burst: self.limits.denial_burst,
                 max_buffered_bytes: self.limits.max_buffered_bytes,

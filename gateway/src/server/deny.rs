@@ -34,7 +34,7 @@ pub struct Denial {
 impl Denial {
     pub fn new(reason: Reason, message: impl Into<String>, crossing: &str) -> Self {
         let source = match reason {
-            Reason::AuditUnavailable => Source::Internal,
+            Reason::AuditUnavailable | Reason::StateUnavailable => Source::Internal,
             Reason::PartnerUnavailable => Source::Partner,
             _ => Source::Client,
         };
@@ -71,7 +71,9 @@ impl Denial {
                 "invalid_scope"
             }
             Reason::PolicyDenied => "unauthorized_client",
-            Reason::AuditUnavailable | Reason::PartnerUnavailable => "server_error",
+            Reason::AuditUnavailable | Reason::PartnerUnavailable | Reason::StateUnavailable => {
+                "server_error"
+            }
             _ => "invalid_grant",
         }
     }
@@ -81,6 +83,7 @@ impl Denial {
             Reason::Malformed => "invalid request",
             Reason::TooLarge => "request too large",
             Reason::AuditUnavailable => "audit log unavailable",
+            Reason::StateUnavailable => "state store unavailable",
             Reason::PartnerUnavailable => "partner unavailable",
             _ => "crossing denied",
         }

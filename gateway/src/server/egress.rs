@@ -72,6 +72,11 @@ pub async fn authorize(
         return Err(refuse(gw, rec, Reason::NotHolder, "no client certificate".into()).await);
     };
     rec.source = Some(peer.id.to_string());
+    // Revocations made at another replica must be visible here before anything is decided.
+    if !gw.state.ready() {
+        let m = "the shared state store is unreachable or behind".to_string();
+        return Err(refuse(gw, rec, Reason::StateUnavailable, m).await);
+    }
     let digest = crate::chain::chain_digest(chain_raw);
     rec.chain_digest = Some(digest.clone());
     let chain = match gw.chains.get(&digest, now) {
@@ -91,7 +96,7 @@ pub async fn authorize(
                 one_domain: true,
             };
             let v = UnverifiedChain::parse(chain_raw)
-                .and_then(|c| c.verify(&trust.bundles, &policy, &gw.state, now));
+                .and_then(|c| c.verify(&trust.bundles, &policy, gw.state.revocations(), now));
             match v {
                 Ok(v) => {
                     let v = Arc::new(v);
@@ -106,7 +111,7 @@ pub async fn authorize(
     rec.depth = Some(chain.depth as u64);
     // A cached chain is re-checked against revocations (cheap, in memory), with the same
     // check a fresh verification runs.
-    if let Err(e) = chain.revoked(&gw.state, now) {
+    if let Err(e) = chain.revoked(gw.state.revocations(), now) {
         gw.chains.clear();
         return Err(refuse(gw, rec, Reason::Revoked, e.to_string()).await);
     }

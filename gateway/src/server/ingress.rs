@@ -208,7 +208,11 @@ pub async fn ingress(
     let span = tracing::info_span!("ingress", crossing = %vt.claims.jti, task = %vt.claims.txn);
     async move {
         let c = &vt.claims;
-        if let Some(what) = vt.revoked(&gw.cfg.trust_domain, &gw.state, now) {
+        if !gw.state.ready() {
+            let m = "the shared state store is unreachable or behind".to_string();
+            return refuse(&gw, rec, Reason::StateUnavailable, m).await;
+        }
+        if let Some(what) = vt.revoked(&gw.cfg.trust_domain, gw.state.revocations(), now) {
             return refuse(&gw, rec, Reason::Revoked, format!("{what} is revoked")).await;
         }
         let path = uri.path().strip_prefix("/ingress").unwrap_or("");
@@ -291,7 +295,7 @@ pub async fn ingress(
         let exp = c.exp.min(now.saturating_add(vt.agreement.max_token_ttl));
         let issuer = vt.issuer_td.as_str();
         // First use wins; only a crossing that passed every other check uses up the token.
-        match gw.state.replay_insert(issuer, &c.jti, exp) {
+        match gw.state.replay_insert(issuer, &c.jti, exp).await {
             Ok(true) => {}
             Ok(false) => {
                 return refuse(
@@ -302,7 +306,7 @@ pub async fn ingress(
                 )
                 .await
             }
-            Err(e) => return refuse(&gw, rec, Reason::AuditUnavailable, e.to_string()).await,
+            Err(e) => return refuse(&gw, rec, Reason::StateUnavailable, e.to_string()).await,
         }
         let key = gw.keys.signing();
         let foreign = vt.actor.clone();
@@ -325,7 +329,7 @@ pub async fn ingress(
         ) {
             Ok(l) => l,
             Err(e) => {
-                let _ = gw.state.replay_remove(issuer, &c.jti);
+                let _ = gw.state.replay_remove(issuer, &c.jti).await;
                 return refuse(
                     &gw,
                     rec,
@@ -339,7 +343,7 @@ pub async fn ingress(
         let appended = match append(&gw, rec.clone()).await {
             Ok(a) => a,
             Err(e) => {
-                let _ = gw.state.replay_remove(issuer, &c.jti);
+                let _ = gw.state.replay_remove(issuer, &c.jti).await;
                 return Denial::new(Reason::AuditUnavailable, e.to_string(), &c.jti)
                     .into_response();
             }
@@ -355,6 +359,7 @@ pub async fn ingress(
                 seq: appended.seq,
                 leaf: crate::crypto::b64url(&appended.leaf),
                 iat: now,
+                replica: gw.cfg.replica.clone(),
             },
         )
         .ok();
@@ -515,11 +520,11 @@ pub async fn revocations(
     let applied = if claims.until != 0 && claims.until <= now {
         "expired"
     } else {
-        match gw.state.revoke(&r) {
+        match gw.state.revoke(&r).await {
             Ok(crate::store::Revoked::Stale) => "stale",
             Ok(_) => "applied",
             Err(e) => {
-                return Denial::new(Reason::AuditUnavailable, e.to_string(), &crossing)
+                return Denial::new(Reason::StateUnavailable, e.to_string(), &crossing)
                     .into_response()
             }
         }

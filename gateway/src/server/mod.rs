@@ -24,7 +24,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::audit::Record;
-use crate::store::{log::Appended, AuditLog, LogError, State};
+use crate::store::{log::Appended, AuditLog, LogError, State, StateBackend};
 use state::{Gateway, Keys};
 use tls::{Identity, ListenerKind, SpiffeClientVerifier};
 use trust::TrustHandle;
@@ -151,9 +151,15 @@ pub fn append_later(gw: &Arc<Gateway>, rec: Record) {
     });
 }
 
-/// Appends durably (the log's writer also indexes the crossing).
+/// Appends durably (the log's writer also indexes the crossing; with replicas the shared index
+/// learns it too, off the response path).
 pub async fn append(gw: &Gateway, rec: Record) -> Result<Appended, LogError> {
-    gw.log.append(rec).await
+    let crossing = gw.state.replica().map(|_| rec.crossing.clone());
+    let a = gw.log.append(rec).await?;
+    if let Some(c) = crossing {
+        gw.state.index_crossing(&c, a.seq);
+    }
+    Ok(a)
 }
 
 /// Pre-bound listeners (tests and the demo bind `127.0.0.1:0` first to learn the ports).
@@ -258,6 +264,10 @@ fn admin_router(gw: Arc<Gateway>) -> Router {
         .route("/v1/audit/records", get(admin::records))
         .route("/v1/audit/proof/{seq}", get(admin::proof))
         .route("/v1/audit/crossing/{id}", get(admin::crossing))
+        .route(
+            "/v1/audit/crossing/{id}/locations",
+            get(admin::crossing_locations),
+        )
         .route("/v1/audit/consistency", get(admin::consistency))
         .route("/v1/revoke", post(admin::revoke))
         .route("/v1/graph", get(admin::graph))
@@ -298,7 +308,27 @@ pub async fn start(
         )));
     }
     let identity = Identity { chain, key };
-    let signing = lifecycle::initial_signing_key(&cfg).map_err(one)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| one(format!("{}: {e}", cfg.data_dir.display())))?;
+    // The state store first: an unreachable database stops the start before any port binds.
+    let st: Arc<dyn StateBackend> = match &cfg.state {
+        config::StateChoice::Sled => Arc::new(
+            State::open_with(
+                &cfg.data_dir.join("state"),
+                lifecycle::rotation_path(&cfg.data_dir),
+            )
+            .map_err(|e| one(format!("{}: {e}", cfg.data_dir.join("state").display())))?,
+        ),
+        config::StateChoice::Postgres(o) => crate::store::postgres::PgState::connect(o.clone())
+            .await
+            .map_err(|e| one(format!("state backend postgres: {e}")))?,
+    };
+    let rotation = st
+        .rotation()
+        .await
+        .map_err(|e| one(e.to_string()))?
+        .and_then(|t| lifecycle::parse_rotation(&t));
+    let signing = lifecycle::initial_signing_key(&cfg, rotation.as_ref()).map_err(one)?;
     let audit_key =
         crate::files::read_signing_key(&cfg.audit_key).map_err(|e| one(e.to_string()))?;
     if audit_key.alg() != crate::jose::Alg::EdDsa {
@@ -317,10 +347,8 @@ pub async fn start(
                 cfg.pseudonym_key.display()
             ))
         })?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| one(format!("{}: {e}", cfg.data_dir.display())))?;
-    let st = State::open(&cfg.data_dir.join("state")).map_err(|e| one(e.to_string()))?;
-    let trust = lifecycle::load_trust(&cfg, Some(&st), 1)?;
+    let saved = st.saved_bundles().await.map_err(|e| one(e.to_string()))?;
+    let trust = lifecycle::load_trust(&cfg, &saved, 1)?;
     {
         let local = trust.bundles.get(&cfg.trust_domain);
         let published = local.map(|b| b.jwt_key(signing.kid(), crate::spiffe::KeyRole::Gateway));
@@ -340,19 +368,26 @@ pub async fn start(
             tracing::warn!("the audit key is not published in the local bundle: auditors cannot verify checkpoints");
         }
     }
-    let (log, recovery) = AuditLog::open(
+    // Each replica has its own log (and origin), so no two writers share one.
+    let origin = crate::audit::checkpoint::origin_for(cfg.trust_domain.as_str(), cfg.replica.as_deref());
+    let (log, recovery) = AuditLog::open_with_origin(
         &cfg.data_dir.join("audit"),
         cfg.trust_domain.as_str(),
+        &origin,
         audit_key,
     )
     .map_err(|e| one(e.to_string()))?;
     if recovery.truncated_bytes > 0 {
         tracing::warn!(
             bytes = recovery.truncated_bytes,
-            "audit log: a torn final record (never acknowledged) was truncated"
+            "audit log: a torn final record (never acknowledged) was moved aside"
         );
     }
-    rebuild_replay_cache(&log, &st, cfg.trust_domain.as_str()).map_err(one)?;
+    if st.replica().is_none() {
+        rebuild_replay_cache(&log, st.as_ref()).await.map_err(one)?;
+    } else {
+        reindex_crossings(&log, st.as_ref()).await.map_err(one)?;
+    }
     let listeners = match listeners {
         Some(l) => l,
         None => Listeners::bind(cfg.internal, cfg.federation, cfg.admin)
@@ -366,7 +401,7 @@ pub async fn start(
     let gw = Arc::new(Gateway::new(cfg, trust.clone(), keys, identity, log, st).map_err(one)?);
     let (internal, federation, admin) = listeners.addrs().map_err(|e| one(e.to_string()))?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut tasks = gw.state.clone().spawn_tasks(stop_rx.clone());
     let mut graceful = Vec::new();
     for (l, kind, router) in [
         (
@@ -435,9 +470,32 @@ pub async fn start(
     })
 }
 
+/// A replica's log records since the shared crossing index's watermark are indexed again (the
+/// index is written off the response path, so a crash can leave its tail out).
+async fn reindex_crossings(log: &AuditLog, st: &dyn StateBackend) -> Result<(), String> {
+    let from = st
+        .index_mark()
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|m| m + 1)
+        .unwrap_or(0);
+    let size = log.size();
+    let mut at = from;
+    const PAGE: u64 = 10_000;
+    while at < size {
+        for (i, bytes) in log.read(at, PAGE).map_err(|e| e.to_string())?.iter().enumerate() {
+            if let Ok(r) = serde_json::from_slice::<Record>(bytes) {
+                st.index_crossing(&r.crossing, at + i as u64);
+            }
+        }
+        at += PAGE;
+    }
+    Ok(())
+}
+
 /// The replay cache is state that can be rebuilt: every inbound crossing the log of record
 /// accepted and whose token has not expired is marked used again.
-fn rebuild_replay_cache(log: &AuditLog, st: &State, _domain: &str) -> Result<(), String> {
+async fn rebuild_replay_cache(log: &AuditLog, st: &dyn StateBackend) -> Result<(), String> {
     let now = crate::time::now();
     let size = log.size();
     let mut from = 0;
@@ -451,6 +509,7 @@ fn rebuild_replay_cache(log: &AuditLog, st: &State, _domain: &str) -> Result<(),
                 if let (Some(exp), Some(issuer)) = (r.token_exp, r.partner.as_deref()) {
                     if exp.saturating_add(crate::chain::MAX_CLOCK_SKEW) > now {
                         st.replay_insert(issuer, &r.crossing, exp)
+                            .await
                             .map_err(|e| e.to_string())?;
                     }
                 }

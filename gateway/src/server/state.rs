@@ -14,7 +14,7 @@ use super::tls::{client_config, Identity, MtlsConnector, SpiffeServerVerifier};
 pub use super::trust::{Trust, TrustHandle};
 use crate::chain::VerifiedChain;
 use crate::jose::SigningKey;
-use crate::store::{AuditLog, State};
+use crate::store::{AuditLog, StateBackend};
 use crate::time::Instant;
 
 /// Prometheus counters and gauges, rendered in the text exposition format.
@@ -174,7 +174,7 @@ pub struct Gateway {
     pub keys: Keys,
     pub identity: Identity,
     pub log: AuditLog,
-    pub state: State,
+    pub state: Arc<dyn StateBackend>,
     pub metrics: Metrics,
     pub chains: ChainCache,
     pub upstream_http: HttpClient,
@@ -203,7 +203,7 @@ impl Gateway {
         keys: Keys,
         identity: Identity,
         log: AuditLog,
-        state: State,
+        state: Arc<dyn StateBackend>,
     ) -> Result<Gateway, String> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);

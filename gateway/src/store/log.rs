@@ -318,8 +318,19 @@ impl AuditLog {
         domain: &str,
         key: SigningKey,
     ) -> Result<(AuditLog, Recovery), LogError> {
+        Self::open_with_origin(dir, domain, &checkpoint::origin_of(domain), key)
+    }
+
+    /// [`open`](Self::open) with an explicit checkpoint origin (a replica's own log:
+    /// `<td>/fedgate-audit/<replica>`).
+    pub fn open_with_origin(
+        dir: &Path,
+        domain: &str,
+        origin: &str,
+        key: SigningKey,
+    ) -> Result<(AuditLog, Recovery), LogError> {
         fs::create_dir_all(dir).map_err(io)?;
-        let origin = checkpoint::origin_of(domain);
+        let origin = origin.to_string();
         let (payloads, locs, mut segs, torn) = scan(dir)?;
         let mut rec = Recovery {
             records: payloads.len() as u64,

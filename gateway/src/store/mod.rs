@@ -1,8 +1,15 @@
-//! Durable state: the audit log of record (append-only segments, group commit, fdatasync) and
-//! sled for the replay cache, revocations, indexes and last-good partner bundles.
+//! Durable state: the audit log of record (append-only segments, group commit, fdatasync), and
+//! the rest of a gateway's state behind [`StateBackend`]: embedded sled for a single gateway,
+//! PostgreSQL for several replicas of one domain.
 
+pub mod backend;
 pub mod log;
-pub mod state;
+pub mod postgres;
+pub mod sled;
 
+pub use backend::{
+    merge_until, QueuedNotice, RevocationCache, Revocation, Revoked, StateBackend, StateError,
+};
 pub use log::{AuditLog, LogError, Recovery};
-pub use state::{merge_until, Revocation, Revoked, State, StateError};
+/// The embedded (sled) state store.
+pub type State = sled::State;

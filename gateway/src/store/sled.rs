@@ -1,66 +1,29 @@
-//! Gateway state in sled: the replay cache, revocations, last-good partner bundles and queued
-//! revocation notices. Everything here is either rebuilt
-//! from the audit log of record at start (replay cache, index) or flushed before anything that
-//! depends on it is acknowledged (revocations, bundles). See ../shared/INTEGRATION.md on why
-//! sled is not the log of record.
+//! Gateway state in embedded sled (the default: a single gateway needs nothing but the binary):
+//! the replay cache, revocations, last-good partner bundles and queued revocation notices; the
+//! rotation state is a file next to it. Everything here is either rebuilt from the audit log of
+//! record at start (replay cache) or flushed before anything that depends on it is acknowledged
+//! (revocations, bundles, notices). See ../shared/INTEGRATION.md on why sled is not the log of
+//! record.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::RwLock;
+use std::path::{Path, PathBuf};
 
-use crate::chain::{RevocationKind, Revocations};
+use super::backend::{
+    err as e, BoxFuture, QueuedNotice, RevocationCache, StateBackend, StateError,
+};
+pub use super::backend::{merge_until, Revocation, Revoked};
+use crate::chain::RevocationKind;
 use crate::time::Instant;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("state store: {0}")]
-pub struct StateError(pub String);
-
-fn e(x: impl std::fmt::Display) -> StateError {
-    StateError(x.to_string())
-}
-
-/// A revocation: who owns the value, what kind, the value, until when (0: for good).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Revocation {
-    pub domain: String,
-    pub kind: String,
-    pub value: String,
-    pub until: Instant,
-    pub at: Instant,
-    /// For a partner's notice: its `iat`, so an older notice for the same value is ignored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notice_iat: Option<Instant>,
-}
-
-/// Two revocations of one value merged: permanent if either is, else the later `until`. A
-/// revocation is never lifted or shortened by another.
-pub fn merge_until(a: Instant, b: Instant) -> Instant {
-    if a == 0 || b == 0 {
-        0
-    } else {
-        a.max(b)
-    }
-}
-
-/// What [`State::revoke`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Revoked {
-    /// The value was not revoked before.
-    New,
-    /// Merged into an existing revocation (its `until` is the merged one).
-    Merged(Instant),
-    /// A partner notice older than one already applied for this value: nothing changed.
-    Stale,
-}
 
 pub struct State {
     rev_write: std::sync::Mutex<()>,
-    db: sled::Db,
-    replay: sled::Tree,
-    revocations: sled::Tree,
-    meta: sled::Tree,
+    db: ::sled::Db,
+    replay: ::sled::Tree,
+    revocations: ::sled::Tree,
+    meta: ::sled::Tree,
     /// In-memory mirror of revocations, checked on every verification.
-    rev_cache: RwLock<HashMap<(String, RevocationKind, String), Instant>>,
+    rev_cache: RevocationCache,
+    /// `<data_dir>/rotation.json`, where `fedgate rotate --data-dir` stages a rotation.
+    rotation: PathBuf,
 }
 
 fn replay_key(issuer: &str, jti: &str) -> Vec<u8> {
@@ -72,11 +35,12 @@ fn rev_key(domain: &str, kind: RevocationKind, value: &str) -> Vec<u8> {
 }
 
 impl State {
-    pub fn open(dir: &Path) -> Result<State, StateError> {
+    /// Opens (or creates) the store in `dir`; the rotation state lives in `rotation`.
+    pub fn open_with(dir: &Path, rotation: PathBuf) -> Result<State, StateError> {
         // No periodic flush: what must be durable is flushed explicitly (revocations, bundles,
         // notices), and the replay cache is rebuilt from the audit log of record at start, so
         // sled's background fsyncs would only compete with the audit log's.
-        let db = sled::Config::new()
+        let db = ::sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
             .open()
@@ -86,21 +50,25 @@ impl State {
             replay: db.open_tree("replay").map_err(e)?,
             revocations: db.open_tree("revocations").map_err(e)?,
             meta: db.open_tree("meta").map_err(e)?,
-            rev_cache: RwLock::new(HashMap::new()),
+            rev_cache: RevocationCache::always_fresh(),
+            rotation,
             db,
         };
-        let mut cache = HashMap::new();
         for item in s.revocations.iter() {
             let (_, v) = item.map_err(e)?;
             let r: Revocation = serde_json::from_slice(&v).map_err(e)?;
-            if let Some(kind) = RevocationKind::parse(&r.kind) {
-                cache.insert((r.domain, kind, r.value), r.until);
-            }
-        }
-        if let Ok(mut c) = s.rev_cache.write() {
-            *c = cache;
+            s.rev_cache.set(&r);
         }
         Ok(s)
+    }
+
+    /// Opens the store in `dir` with the rotation state at `dir/../rotation.json`.
+    pub fn open(dir: &Path) -> Result<State, StateError> {
+        let rotation = dir
+            .parent()
+            .unwrap_or(dir)
+            .join("rotation.json");
+        Self::open_with(dir, rotation)
     }
 
     /// First use of a token id wins: returns `true` if `issuer`'s `jti` was unseen (and is now
@@ -192,12 +160,7 @@ impl State {
             .insert(key, serde_json::to_vec(&merged).map_err(e)?)
             .map_err(e)?;
         self.db.flush().map_err(e)?;
-        if let Ok(mut c) = self.rev_cache.write() {
-            c.insert(
-                (merged.domain.clone(), kind, merged.value.clone()),
-                merged.until,
-            );
-        }
+        self.rev_cache.set(&merged);
         Ok(outcome)
     }
 
@@ -229,7 +192,7 @@ impl State {
         by.into_iter().collect()
     }
 
-    pub fn revocations(&self) -> Vec<Revocation> {
+    pub fn all_revocations(&self) -> Vec<Revocation> {
         self.revocations
             .iter()
             .filter_map(|i| i.ok())
@@ -271,22 +234,159 @@ impl State {
     }
 }
 
-impl Revocations for State {
+impl crate::chain::Revocations for State {
     fn is_revoked(&self, domain: &str, kind: RevocationKind, value: &str, now: Instant) -> bool {
-        match self.rev_cache.read() {
-            Ok(c) => match c.get(&(domain.to_string(), kind, value.to_string())) {
-                Some(until) => *until == 0 || now < *until,
-                None => false,
-            },
-            // Fail closed: a poisoned cache means we cannot tell.
-            Err(_) => true,
-        }
+        self.rev_cache.is_revoked(domain, kind, value, now)
+    }
+}
+
+/// Rotation state is a file (`fedgate rotate --data-dir` writes it); compare-and-set reads it
+/// back first, which is exact for the one gateway that uses it.
+fn read_file(p: &Path) -> Result<Option<String>, StateError> {
+    match std::fs::read_to_string(p) {
+        Ok(t) => Ok(Some(t)),
+        Err(x) if x.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(x) => Err(e(x)),
+    }
+}
+
+impl StateBackend for State {
+    fn kind(&self) -> &'static str {
+        "sled"
+    }
+
+    fn revocations(&self) -> &RevocationCache {
+        &self.rev_cache
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn replay_insert<'a>(
+        &'a self,
+        issuer: &'a str,
+        jti: &'a str,
+        exp: Instant,
+    ) -> BoxFuture<'a, Result<bool, StateError>> {
+        Box::pin(async move { State::replay_insert(self, issuer, jti, exp) })
+    }
+
+    fn replay_remove<'a>(
+        &'a self,
+        issuer: &'a str,
+        jti: &'a str,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move { State::replay_remove(self, issuer, jti) })
+    }
+
+    fn sweep_replay(&self, now: Instant, slack: i64) -> BoxFuture<'_, Result<usize, StateError>> {
+        Box::pin(async move { State::sweep_replay(self, now, slack) })
+    }
+
+    fn revoke<'a>(&'a self, r: &'a Revocation) -> BoxFuture<'a, Result<Revoked, StateError>> {
+        Box::pin(async move { State::revoke(self, r) })
+    }
+
+    fn save_bundle<'a>(
+        &'a self,
+        td: &'a str,
+        _sequence: u64,
+        document: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move { self.put_meta(&format!("bundle:{td}"), document) })
+    }
+
+    fn saved_bundles(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>, StateError>> {
+        Box::pin(async move {
+            Ok(self
+                .scan_meta("bundle:")
+                .into_iter()
+                .filter_map(|(k, v)| k.strip_prefix("bundle:").map(|td| (td.to_string(), v)))
+                .collect())
+        })
+    }
+
+    fn queue_notice<'a>(
+        &'a self,
+        partner: &'a str,
+        jti: &'a str,
+        notice: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move { State::queue_notice(self, partner, jti, notice) })
+    }
+
+    fn claim_notices(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<(String, Vec<QueuedNotice>)>, StateError>> {
+        Box::pin(async move {
+            Ok(self
+                .queued_notices()
+                .into_iter()
+                .map(|(partner, q)| {
+                    let q = q
+                        .into_iter()
+                        .map(|(id, jti, notice)| QueuedNotice {
+                            id,
+                            partner: partner.clone(),
+                            jti,
+                            notice,
+                        })
+                        .collect();
+                    (partner, q)
+                })
+                .collect())
+        })
+    }
+
+    fn notice_delivered<'a>(
+        &'a self,
+        n: &'a QueuedNotice,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move { self.del_meta(&n.id) })
+    }
+
+    fn notice_failed<'a>(&'a self, _n: &'a QueuedNotice) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn rotation(&self) -> BoxFuture<'_, Result<Option<String>, StateError>> {
+        Box::pin(async move { read_file(&self.rotation) })
+    }
+
+    fn save_rotation<'a>(
+        &'a self,
+        expected: Option<&'a str>,
+        state: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StateError>> {
+        Box::pin(async move {
+            let _g = self.rev_write.lock().map_err(|_| StateError("poisoned".into()))?;
+            if read_file(&self.rotation)?.as_deref() != expected {
+                return Ok(false);
+            }
+            crate::files::write_atomic(&self.rotation, state.as_bytes(), 0o600).map_err(e)?;
+            Ok(true)
+        })
+    }
+
+    fn index_crossing(&self, _crossing: &str, _seq: u64) {}
+
+    fn crossing_locations<'a>(
+        &'a self,
+        _crossing: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, StateError>> {
+        Box::pin(async move { Ok(vec![]) })
+    }
+
+    fn flush(&self) -> Result<(), StateError> {
+        State::flush(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::Revocations as _;
 
     #[test]
     fn replay_first_use_wins_and_survives_reopen() {
@@ -455,6 +555,6 @@ mod tests {
         ));
         assert!(s.is_revoked("company.com", RevocationKind::Task, "t", 99));
         assert!(!s.is_revoked("company.com", RevocationKind::Task, "t", 100));
-        assert_eq!(s.revocations().len(), 2);
+        assert_eq!(s.all_revocations().len(), 2);
     }
 }
