@@ -338,7 +338,11 @@ async fn admin_revoke(d: &Domain, body: serde_json::Value) -> Reply {
 
 fn vendor_revoked(f: &Federation, kind: fedgate::chain::RevocationKind, v: &str, at: i64) -> bool {
     use fedgate::chain::Revocations;
-    f.ve_gw().gateway.state.revocations().is_revoked(CO, kind, v, at)
+    f.ve_gw()
+        .gateway
+        .state
+        .revocations()
+        .is_revoked(CO, kind, v, at)
 }
 
 /// Defect 5: a second revocation overwrote the first (lifting a permanent one), a past

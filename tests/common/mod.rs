@@ -4,6 +4,8 @@
 //! `127.0.0.1:0` and real sled in a temp dir.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -337,7 +337,11 @@ fn one_direction(
                                 || !leaf_ok
                                 || at.map(|r| r.crossing != out.crossing).unwrap_or(true)
                             {
-                                let which = rc.replica.as_deref().map(|r| format!(" (replica {r})")).unwrap_or_default();
+                                let which = rc
+                                    .replica
+                                    .as_deref()
+                                    .map(|r| format!(" (replica {r})"))
+                                    .unwrap_or_default();
                                 findings.push(Finding { kind: "receipt_mismatch", direction: dir.clone(), crossing: c, fields: vec![], detail: format!("the receipt names record {} of {yd}'s log{which}, which is not this crossing's record", rc.seq) });
                                 continue;
                             }
@@ -383,7 +387,9 @@ fn one_direction(
             direction: dir.clone(),
             crossing: Some(c.to_string()),
             fields: vec![],
-            detail: format!("{yd} logged an authentic token from {xd} that {xd} never logged issuing"),
+            detail: format!(
+                "{yd} logged an authentic token from {xd} that {xd} never logged issuing"
+            ),
         });
     }
 }

@@ -204,7 +204,9 @@ pub fn run(cmd: AuditCmd) -> CliResult {
                 };
                 match loaded {
                     Ok(e) => sides[at].1.push(e),
-                    Err(e) => sides[at].2.push(reconcile::tampered(&domain, e.to_string())),
+                    Err(e) => sides[at]
+                        .2
+                        .push(reconcile::tampered(&domain, e.to_string())),
                 }
             }
             if sides.len() < 2 {

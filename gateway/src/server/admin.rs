@@ -161,7 +161,10 @@ pub async fn crossing(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) ->
 
 /// Which replicas' logs hold records of a crossing (`[{replica, seq}]`), from the index the
 /// replicas share; a single gateway answers from its own log.
-pub async fn crossing_locations(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+pub async fn crossing_locations(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+) -> Response {
     if gw.state.replica().is_some() {
         return match gw.state.crossing_locations(&id).await {
             Ok(v) => axum::Json(serde_json::json!({

@@ -369,7 +369,8 @@ pub async fn start(
         }
     }
     // Each replica has its own log (and origin), so no two writers share one.
-    let origin = crate::audit::checkpoint::origin_for(cfg.trust_domain.as_str(), cfg.replica.as_deref());
+    let origin =
+        crate::audit::checkpoint::origin_for(cfg.trust_domain.as_str(), cfg.replica.as_deref());
     let (log, recovery) = AuditLog::open_with_origin(
         &cfg.data_dir.join("audit"),
         cfg.trust_domain.as_str(),
@@ -483,7 +484,12 @@ async fn reindex_crossings(log: &AuditLog, st: &dyn StateBackend) -> Result<(), 
     let mut at = from;
     const PAGE: u64 = 10_000;
     while at < size {
-        for (i, bytes) in log.read(at, PAGE).map_err(|e| e.to_string())?.iter().enumerate() {
+        for (i, bytes) in log
+            .read(at, PAGE)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .enumerate()
+        {
             if let Ok(r) = serde_json::from_slice::<Record>(bytes) {
                 st.index_crossing(&r.crossing, at + i as u64);
             }

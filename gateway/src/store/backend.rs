@@ -20,6 +20,10 @@ use crate::chain::{RevocationKind, Revocations};
 use crate::time::Instant;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Saved bundle documents: `(trust domain, document)`.
+pub type SavedBundles = Vec<(String, Vec<u8>)>;
+/// Queued notices per partner, in issue order.
+pub type NoticeQueues = Vec<(String, Vec<QueuedNotice>)>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("state store: {0}")]
@@ -111,7 +115,9 @@ impl RevocationCache {
 
     /// Milliseconds since the mirror was last known complete.
     pub fn age_ms(&self, now_ms: i64) -> i64 {
-        now_ms.saturating_sub(self.synced_ms.load(Ordering::Acquire)).max(0)
+        now_ms
+            .saturating_sub(self.synced_ms.load(Ordering::Acquire))
+            .max(0)
     }
 
     pub fn len(&self) -> usize {
@@ -181,7 +187,7 @@ pub trait StateBackend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StateError>>;
 
     /// Every bundle kept by [`save_bundle`](Self::save_bundle): `(trust domain, document)`.
-    fn saved_bundles(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>, StateError>>;
+    fn saved_bundles(&self) -> BoxFuture<'_, Result<SavedBundles, StateError>>;
 
     /// Queues a notice for `partner`, after every notice queued before it.
     fn queue_notice<'a>(
@@ -194,10 +200,11 @@ pub trait StateBackend: Send + Sync + 'static {
     /// Notices this gateway should deliver now, per partner in issue order. With a shared
     /// store each is leased to this replica for a while, so exactly one replica delivers it
     /// and another takes over if this one dies.
-    fn claim_notices(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<QueuedNotice>)>, StateError>>;
+    fn claim_notices(&self) -> BoxFuture<'_, Result<NoticeQueues, StateError>>;
 
     /// The partner acknowledged `n`: remove it.
-    fn notice_delivered<'a>(&'a self, n: &'a QueuedNotice) -> BoxFuture<'a, Result<(), StateError>>;
+    fn notice_delivered<'a>(&'a self, n: &'a QueuedNotice)
+        -> BoxFuture<'a, Result<(), StateError>>;
 
     /// Delivering `n` failed: give it back for a retry (by any replica).
     fn notice_failed<'a>(&'a self, n: &'a QueuedNotice) -> BoxFuture<'a, Result<(), StateError>>;

@@ -8,7 +8,7 @@ pub mod postgres;
 pub mod sled;
 
 pub use backend::{
-    merge_until, QueuedNotice, RevocationCache, Revocation, Revoked, StateBackend, StateError,
+    merge_until, QueuedNotice, Revocation, RevocationCache, Revoked, StateBackend, StateError,
 };
 pub use log::{AuditLog, LogError, Recovery};
 /// The embedded (sled) state store.

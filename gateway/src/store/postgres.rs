@@ -17,8 +17,8 @@
 //! advisory lock so replicas starting together do not race. Every row is keyed by the local
 //! trust domain, so gateways of different domains may share a database.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::Host;
 
 use super::backend::{
-    err, BoxFuture, QueuedNotice, Revocation, RevocationCache, Revoked, StateBackend, StateError,
+    err, BoxFuture, NoticeQueues, QueuedNotice, Revocation, RevocationCache, Revoked, SavedBundles,
+    StateBackend, StateError,
 };
 use crate::time::Instant;
 
@@ -167,7 +168,7 @@ impl PgState {
             o.statement_timeout.as_millis().max(1)
         ))
         .connect_timeout(o.statement_timeout.max(Duration::from_secs(1)))
-        .application_name(&format!("fedgate {} {}", o.domain, o.replica));
+        .application_name(format!("fedgate {} {}", o.domain, o.replica));
         let tls = match &o.ca {
             None => {
                 pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -178,11 +179,12 @@ impl PgState {
                 for c in certs {
                     roots.add(c.clone()).map_err(err)?;
                 }
-                let cfg = rustls::ClientConfig::builder_with_provider(crate::server::tls::provider())
-                    .with_safe_default_protocol_versions()
-                    .map_err(err)?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
+                let cfg =
+                    rustls::ClientConfig::builder_with_provider(crate::server::tls::provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(err)?
+                        .with_root_certificates(roots)
+                        .with_no_client_auth();
                 pg.ssl_mode(tokio_postgres::config::SslMode::Require);
                 Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(cfg))
             }
@@ -425,7 +427,6 @@ impl PgState {
             .map_err(err)?;
         Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
     }
-
 }
 
 /// One LISTEN connection: forwards each notification to `tx` until the connection fails.
@@ -565,10 +566,7 @@ impl StateBackend for PgState {
             c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.domain])
                 .await
                 .map_err(err)?;
-            self.cache.set(&Revocation {
-                until,
-                ..r.clone()
-            });
+            self.cache.set(&Revocation { until, ..r.clone() });
             Ok(if inserted {
                 Revoked::New
             } else {
@@ -601,7 +599,7 @@ impl StateBackend for PgState {
         })
     }
 
-    fn saved_bundles(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>, StateError>> {
+    fn saved_bundles(&self) -> BoxFuture<'_, Result<SavedBundles, StateError>> {
         Box::pin(async move {
             let c = self.client().await?;
             let rows = c
@@ -633,9 +631,7 @@ impl StateBackend for PgState {
         })
     }
 
-    fn claim_notices(
-        &self,
-    ) -> BoxFuture<'_, Result<Vec<(String, Vec<QueuedNotice>)>, StateError>> {
+    fn claim_notices(&self) -> BoxFuture<'_, Result<NoticeQueues, StateError>> {
         Box::pin(async move {
             let now = crate::time::now();
             let c = self.client().await?;

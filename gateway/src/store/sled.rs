@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use super::backend::{
-    err as e, BoxFuture, QueuedNotice, RevocationCache, StateBackend, StateError,
+    err as e, BoxFuture, NoticeQueues, QueuedNotice, RevocationCache, SavedBundles, StateBackend,
+    StateError,
 };
 pub use super::backend::{merge_until, Revocation, Revoked};
 use crate::chain::RevocationKind;
@@ -64,10 +65,7 @@ impl State {
 
     /// Opens the store in `dir` with the rotation state at `dir/../rotation.json`.
     pub fn open(dir: &Path) -> Result<State, StateError> {
-        let rotation = dir
-            .parent()
-            .unwrap_or(dir)
-            .join("rotation.json");
+        let rotation = dir.parent().unwrap_or(dir).join("rotation.json");
         Self::open_with(dir, rotation)
     }
 
@@ -297,7 +295,7 @@ impl StateBackend for State {
         Box::pin(async move { self.put_meta(&format!("bundle:{td}"), document) })
     }
 
-    fn saved_bundles(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>)>, StateError>> {
+    fn saved_bundles(&self) -> BoxFuture<'_, Result<SavedBundles, StateError>> {
         Box::pin(async move {
             Ok(self
                 .scan_meta("bundle:")
@@ -316,9 +314,7 @@ impl StateBackend for State {
         Box::pin(async move { State::queue_notice(self, partner, jti, notice) })
     }
 
-    fn claim_notices(
-        &self,
-    ) -> BoxFuture<'_, Result<Vec<(String, Vec<QueuedNotice>)>, StateError>> {
+    fn claim_notices(&self) -> BoxFuture<'_, Result<NoticeQueues, StateError>> {
         Box::pin(async move {
             Ok(self
                 .queued_notices()
@@ -360,7 +356,10 @@ impl StateBackend for State {
         state: &'a str,
     ) -> BoxFuture<'a, Result<bool, StateError>> {
         Box::pin(async move {
-            let _g = self.rev_write.lock().map_err(|_| StateError("poisoned".into()))?;
+            let _g = self
+                .rev_write
+                .lock()
+                .map_err(|_| StateError("poisoned".into()))?;
             if read_file(&self.rotation)?.as_deref() != expected {
                 return Ok(false);
             }

@@ -20,7 +20,6 @@ pub const FORCED_REFRESH_MIN_GAP: Duration = Duration::from_secs(5);
 /// Cap on the backoff between failed refreshes.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-
 /// Asks the refresh task to refetch `td`'s bundle now (an unknown `kid` arrived), at most once
 /// per `FORCED_REFRESH_MIN_GAP`.
 pub fn request_refresh(gw: &Gateway, td: &str) {
@@ -90,7 +89,8 @@ pub async fn fetch_bundle(gw: &Gateway, td: &TrustDomain) -> Result<Bundle, Stri
         gw.trust.clone(),
         terms.gateway_id.clone(),
     ));
-    let tls = crate::server::tls::client_config(Some(&gw.identity), verifier).map_err(|e| e.to_string())?;
+    let tls = crate::server::tls::client_config(Some(&gw.identity), verifier)
+        .map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(gw.cfg.partner_timeout as u64);
     let work = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
@@ -277,4 +277,3 @@ pub async fn refresh_loop(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiv
         }
     }
 }
-

@@ -13,8 +13,8 @@ pub use bundles::{
 };
 pub use revocation::{notice_loop, revoke, sweep_loop, NOTICE_RETRY, SWEEP_INTERVAL};
 pub use rotation::{
-    initial_signing_key, new_rotation, parse_rotation, read_rotation, rotation_path,
-    rotation_step, stage_rotation, Rotation,
+    initial_signing_key, new_rotation, parse_rotation, read_rotation, rotation_path, rotation_step,
+    stage_rotation, Rotation,
 };
 
 use std::path::PathBuf;
@@ -230,4 +230,3 @@ pub async fn watch_loop(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver
         }
     }
 }
-

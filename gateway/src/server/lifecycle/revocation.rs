@@ -204,4 +204,3 @@ pub async fn sweep_loop(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver
         }
     }
 }
-

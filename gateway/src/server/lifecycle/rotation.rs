@@ -52,8 +52,7 @@ pub fn parse_rotation(text: &str) -> Option<Rotation> {
 
 /// The rotation staged in `data_dir` (sled), if any.
 pub fn read_rotation(data_dir: &Path) -> Option<Rotation> {
-    let t =
-        crate::files::read_text_limited(&rotation_path(data_dir), MAX_ROTATION_BYTES).ok()?;
+    let t = crate::files::read_text_limited(&rotation_path(data_dir), MAX_ROTATION_BYTES).ok()?;
     parse_rotation(&t)
 }
 
@@ -118,8 +117,7 @@ async fn follow_local(gw: &Gateway) -> Result<(), String> {
     let cur = local_bundle(gw)?.sequence.unwrap_or(0);
     if b.sequence.unwrap_or(0) > cur {
         let p = gw.cfg.bundles_dir.join(format!("{td}.json"));
-        crate::files::write_atomic(&p, b.to_json().as_bytes(), 0o644)
-            .map_err(|e| e.to_string())?;
+        crate::files::write_atomic(&p, b.to_json().as_bytes(), 0o644).map_err(|e| e.to_string())?;
         swap_bundle(gw, b);
         tracing::info!("local bundle updated from another replica's rotation step");
     }
@@ -127,7 +125,10 @@ async fn follow_local(gw: &Gateway) -> Result<(), String> {
 }
 
 /// The key the gateway signs with at start, honouring a rotation in progress.
-pub fn initial_signing_key(cfg: &Validated, rotation: Option<&Rotation>) -> Result<SigningKey, String> {
+pub fn initial_signing_key(
+    cfg: &Validated,
+    rotation: Option<&Rotation>,
+) -> Result<SigningKey, String> {
     if let Some(r) = rotation {
         if r.phase == "active" || r.phase == "done" {
             return crate::files::read_signing_key(&r.key).map_err(|e| e.to_string());
@@ -163,7 +164,12 @@ pub async fn rotation_step(gw: &Gateway) -> Result<(), String> {
             r.new_kid = Some(key.kid().to_string());
             r.old_kid = Some(old.kid().to_string());
             r.activate_at = Some(now + gw.cfg.key_prepublish);
-            if gw.state.save_rotation(Some(&raw), &to_text(&r)?).await.map_err(|e| e.to_string())? {
+            if gw
+                .state
+                .save_rotation(Some(&raw), &to_text(&r)?)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 if publish {
                     publish_local(gw, b).await?;
                 }
@@ -173,7 +179,12 @@ pub async fn rotation_step(gw: &Gateway) -> Result<(), String> {
         "published" if now >= r.activate_at.unwrap_or(i64::MAX) => {
             r.phase = "active".into();
             r.retire_at = Some(now + longest_ttl(gw));
-            if gw.state.save_rotation(Some(&raw), &to_text(&r)?).await.map_err(|e| e.to_string())? {
+            if gw
+                .state
+                .save_rotation(Some(&raw), &to_text(&r)?)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 tracing::info!("rotation: the new gateway key signs from now on");
             }
         }
@@ -188,7 +199,12 @@ pub async fn rotation_step(gw: &Gateway) -> Result<(), String> {
                 }
             }
             r.phase = "done".into();
-            if gw.state.save_rotation(Some(&raw), &to_text(&r)?).await.map_err(|e| e.to_string())? {
+            if gw
+                .state
+                .save_rotation(Some(&raw), &to_text(&r)?)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 if changed {
                     publish_local(gw, b).await?;
                 }
