@@ -237,7 +237,9 @@ fn kinds(v: &serde_json::Value) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|f| f["kind"].as_str().unwrap().to_string())
-        .filter(|k| k != "matched" && k != "pending" && k != "refused" && k != "failed")
+        .filter(|k| {
+            k != "matched" && k != "pending" && k != "refused" && k != "failed" && k != "unanswered"
+        })
         .collect()
 }
 

@@ -215,6 +215,80 @@ fn bundle_round_trips_through_inspect() {
     );
 }
 
+/// A bundle written before keys had roles (wave 1) is upgraded by `bundle assign-roles`: each
+/// key gets the role of the private key it matches, the sequence goes up once, a key nobody
+/// here holds stays role-less (exit 1), and a second run changes nothing.
+#[test]
+fn assign_roles_upgrades_a_role_less_bundle() {
+    let t = tempfile::tempdir().unwrap();
+    init(t.path(), "company.com");
+    let dir = t.path().join("company.com");
+    let file = dir.join("bundles/company.com.json");
+    let roles_of = |file: &Path| -> Vec<String> {
+        let o = fedgate(&["bundle", "inspect", file.to_str().unwrap(), "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut r: Vec<String> = v["jwt_authorities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["role"].as_str().unwrap_or("none").to_string())
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(roles_of(&file), ["audit", "gateway", "idp"]);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    for k in v["keys"].as_array_mut().unwrap() {
+        k.as_object_mut().unwrap().remove("fedgate_role");
+    }
+    std::fs::write(&file, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    assert_eq!(roles_of(&file), ["none", "none", "none"]);
+    let cfg = dir.join("gateway.toml");
+    let o = fedgate(&["bundle", "assign-roles", "--config", cfg.to_str().unwrap()]);
+    no_panic(&o);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(roles_of(&file), ["audit", "gateway", "idp"]);
+    let seq = |file: &Path| {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        v["spiffe_sequence"].as_u64().unwrap()
+    };
+    assert_eq!(seq(&file), 2);
+    // Again: nothing to do, nothing written.
+    let o = fedgate(&["bundle", "assign-roles", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("unchanged"));
+    assert_eq!(seq(&file), 2);
+    // A role-less key whose private key is not here stays role-less: exit 1.
+    let other = tempfile::tempdir().unwrap();
+    init(other.path(), "vendor.example");
+    let theirs: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            other
+                .path()
+                .join("vendor.example/bundles/vendor.example.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut stranger = theirs["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["use"] == "jwt-svid")
+        .unwrap()
+        .clone();
+    stranger.as_object_mut().unwrap().remove("fedgate_role");
+    stranger["kid"] = "stranger".into();
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    v["keys"].as_array_mut().unwrap().push(stranger);
+    std::fs::write(&file, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let o = fedgate(&["bundle", "assign-roles", "--config", cfg.to_str().unwrap()]);
+    no_panic(&o);
+    assert_eq!(code(&o), 1);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("kid stranger: no private key"));
+    assert_eq!(seq(&file), 2);
+}
+
 #[test]
 fn bad_input_is_a_clear_error_never_a_panic() {
     let t = tempfile::tempdir().unwrap();

@@ -57,10 +57,26 @@ fn the_demo_passes_every_step_and_keeps_its_files() {
             keep.join("auditor/bundles").to_str().unwrap(),
             keep.join("company.com/audit.jsonl").to_str().unwrap(),
             keep.join("vendor.example/audit.jsonl").to_str().unwrap(),
+            "--json",
         ])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // The demo's hostile vendor step tampers with one answer: the one discrepancy.
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bad: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .filter(|k| !["matched", "pending", "refused", "failed", "unanswered"].contains(k))
+        .collect();
+    assert_eq!(bad, ["response_refused"], "{v}");
     // --keep refuses a non-empty directory.
     let o = Command::new(env!("CARGO_BIN_EXE_fedgate"))
         .args(["demo", "--keep", keep.to_str().unwrap()])

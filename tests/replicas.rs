@@ -480,12 +480,154 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_crossing() {
         .unwrap()
         .iter()
         .filter(|x| {
-            !["matched", "pending", "refused", "failed"].contains(&x["kind"].as_str().unwrap())
+            !["matched", "pending", "refused", "failed", "unanswered"]
+                .contains(&x["kind"].as_str().unwrap())
         })
         .collect();
     assert!(o.status.success() && bad.is_empty(), "{bad:#?}");
     assert!(report["summary"]["matched"].as_u64().unwrap() as usize >= acked.len());
     drop(pg);
+}
+
+/// What PostgreSQL may not do: grant trust (a bundle row it holds but did not get from one of
+/// the domain's gateways is ignored), let two gateways write one audit log origin, or lose a
+/// revocation committed out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_grants_no_trust_and_a_replica_name_is_held_once() {
+    let pg = Pg::start();
+    let (f, reps, _lb) = prepare(&pg).await;
+    let r1 = start_replica(&reps[0]).await;
+
+    // A second gateway configured with r1's name is refused while r1 runs.
+    let dup_dir = f.tmp.path().join("vendor.example-dup");
+    clone_domain(&f.ve.dir, &dup_dir);
+    let dup = make_replica(&dup_dir, "r1", &pg.url());
+    let cfg = fedgate::server::config::load(&dup.dir.join("gateway.toml")).unwrap();
+    let l = fedgate::server::Listeners::bind(dup.internal, dup.federation, dup.admin).unwrap();
+    let t0 = Instant::now();
+    let err = match fedgate::server::start(cfg, Some(l)).await {
+        Ok(_) => panic!("a second gateway started as replica r1"),
+        Err(p) => p.join("; "),
+    };
+    assert!(err.contains("in use"), "{err}");
+    eprintln!("duplicate replica name refused after {:?}", t0.elapsed());
+
+    // Someone with write access to the database swaps company.com's bundle for keys of their
+    // own (here vendor.example's, under a higher sequence). Replica 2 starts anyway and keeps
+    // trusting the bundle file: the forged row carries no valid integrity tag.
+    let forged = {
+        let text = std::fs::read_to_string(f.ve.bundles().join("vendor.example.json")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["spiffe_sequence"] = serde_json::json!(999_999);
+        v.to_string().replace('\'', "''")
+    };
+    pg.sql(&format!(
+        "INSERT INTO fedgate_bundles (domain, trust_domain, sequence, document) \
+         VALUES ('vendor.example', 'company.com', 999999, convert_to('{forged}', 'UTF8')) \
+         ON CONFLICT (domain, trust_domain) DO UPDATE \
+         SET sequence = EXCLUDED.sequence, document = EXCLUDED.document, mac = NULL"
+    ));
+    let r2 = start_replica(&reps[1]).await;
+    let co = fedgate::spiffe::TrustDomain::parse(CO).unwrap();
+    let seq = r2.gateway.trust.get().bundles.get(&co).unwrap().sequence;
+    assert_ne!(seq, Some(999_999), "the forged bundle was loaded");
+    let (t, _) = token(&f);
+    let a = present_at(&f, reps[1].federation, &t).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+
+    // 40 revocations at once over both replicas: each replica mirrors every one of them
+    // within a second, however their transactions interleaved.
+    let admin = admin_client(&f.ve);
+    let mut hs = Vec::new();
+    for i in 0..40 {
+        let admin = admin.clone();
+        let at = reps[i % 2].admin;
+        hs.push(tokio::spawn(async move {
+            call(
+                &admin,
+                Method::POST,
+                &format!("https://{at}/v1/revoke"),
+                &[("Content-Type", "application/json")],
+                serde_json::json!({"kind": "agent", "value": format!("spiffe://vendor.example/agent/x/{i}")})
+                    .to_string(),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    for h in hs {
+        let r = h.await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let t0 = Instant::now();
+    let missing = |r: &fedgate::server::Running| {
+        (0..40)
+            .filter(|i| {
+                !fedgate::chain::Revocations::is_revoked(
+                    r.gateway.state.revocations(),
+                    VE,
+                    fedgate::chain::RevocationKind::Agent,
+                    &format!("spiffe://vendor.example/agent/x/{i}"),
+                    fedgate::time::now(),
+                )
+            })
+            .count()
+    };
+    while (missing(&r1) > 0 || missing(&r2) > 0) && t0.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = t0.elapsed();
+    assert_eq!((missing(&r1), missing(&r2)), (0, 0));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // A clean stop hands the name back: a new r1 starts at once.
+    r1.shutdown().await;
+    let t0 = Instant::now();
+    let again = start_replica(&reps[0]).await;
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    again.shutdown().await;
+    r2.shutdown().await;
+    f.stop().await;
+}
+
+/// A database of schema 1 (rows without integrity tags) is upgraded by the first gateway of
+/// the domain that starts: its own rows are adopted (tagged), so the upgrade loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrading_schema_1_adopts_the_domains_rows() {
+    let pg = Pg::start();
+    let (f, reps, _lb) = prepare(&pg).await;
+    pg.sql(&format!(
+        "CREATE TABLE fedgate_schema (version integer NOT NULL); INSERT INTO fedgate_schema VALUES (1); {}",
+        fedgate::store::postgres::MIGRATIONS[0]
+    ));
+    // A partner bundle refreshed under schema 1: company.com's, at a higher sequence.
+    let saved = {
+        let text = std::fs::read_to_string(f.ve.bundles().join("company.com.json")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["spiffe_sequence"] = serde_json::json!(7);
+        v.to_string().replace('\'', "''")
+    };
+    pg.sql(&format!(
+        "INSERT INTO fedgate_bundles (domain, trust_domain, sequence, document) \
+         VALUES ('vendor.example', 'company.com', 7, convert_to('{saved}', 'UTF8'))"
+    ));
+    let r1 = start_replica(&reps[0]).await;
+    assert_eq!(pg.sql("SELECT version FROM fedgate_schema"), "2");
+    let co = fedgate::spiffe::TrustDomain::parse(CO).unwrap();
+    assert_eq!(
+        r1.gateway.trust.get().bundles.get(&co).unwrap().sequence,
+        Some(7),
+        "the schema-1 row was adopted"
+    );
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM fedgate_bundles WHERE mac IS NULL"),
+        "0"
+    );
+    let (t, _) = token(&f);
+    let a = present_at(&f, reps[0].federation, &t).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    r1.shutdown().await;
+    f.stop().await;
 }
 
 #[test]

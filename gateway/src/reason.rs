@@ -43,10 +43,18 @@ pub enum Reason {
     /// Beyond SPEC section 10: the shared state store (PostgreSQL) cannot be reached or its
     /// revocation mirror is not current, so nothing can be decided safely (HTTP 503).
     StateUnavailable,
+    /// Beyond SPEC section 10: the partner's response is not signed by its gateway key, or its
+    /// signature or body digest does not verify (HTTP 502).
+    BadResponseSignature,
+    /// Beyond SPEC section 10: the partner's response body is larger than the route allows.
+    ResponseTooLarge,
+    /// Beyond SPEC section 10: the partner's response breaks the route's response rules
+    /// (content type, JSON Schema).
+    ResponseInvalid,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 36] = [
         Reason::Malformed,
         Reason::BadAlg,
         Reason::BadSignature,
@@ -80,6 +88,9 @@ impl Reason {
         Reason::PartnerUnavailable,
         Reason::RateLimited,
         Reason::StateUnavailable,
+        Reason::BadResponseSignature,
+        Reason::ResponseTooLarge,
+        Reason::ResponseInvalid,
     ];
 
     pub fn code(self) -> &'static str {
@@ -117,6 +128,9 @@ impl Reason {
             Reason::PartnerUnavailable => "partner_unavailable",
             Reason::RateLimited => "rate_limited",
             Reason::StateUnavailable => "state_unavailable",
+            Reason::BadResponseSignature => "bad_response_signature",
+            Reason::ResponseTooLarge => "response_too_large",
+            Reason::ResponseInvalid => "response_invalid",
         }
     }
 
@@ -148,7 +162,10 @@ impl Reason {
             | Reason::IssuerMismatch
             | Reason::AgreementMismatch => 401,
             Reason::AuditUnavailable | Reason::StateUnavailable => 503,
-            Reason::PartnerUnavailable => 502,
+            Reason::PartnerUnavailable
+            | Reason::BadResponseSignature
+            | Reason::ResponseTooLarge
+            | Reason::ResponseInvalid => 502,
             Reason::RateLimited => 429,
             _ => 403,
         }

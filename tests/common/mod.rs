@@ -4,6 +4,7 @@
 //! `127.0.0.1:0` and real sled in a temp dir.
 #![allow(dead_code)]
 
+pub mod peers;
 pub mod pg;
 
 use std::net::SocketAddr;

@@ -73,6 +73,98 @@ fn instant(issues: &mut Issues, path: &str, dt: &toml::value::Datetime) -> Optio
     }
 }
 
+/// Response headers a route may not let through: credentials, hop-by-hop, and the ones the
+/// gateway sets or consumes itself.
+const NEVER_ALLOWED: &[&str] = &[
+    "set-cookie",
+    "set-cookie2",
+    "authorization",
+    "proxy-authenticate",
+    "www-authenticate",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+    "te",
+    "delegation-chain",
+    "signature",
+    "signature-input",
+];
+
+fn response_rules(
+    issues: &mut Issues,
+    path: &str,
+    doc: Option<&super::ResponseDoc>,
+) -> super::ResponseRules {
+    let Some(d) = doc else {
+        return super::ResponseRules::default();
+    };
+    let mut r = super::ResponseRules::default();
+    if d.content_types.len() > super::MAX_RESPONSE_LIST
+        || d.allow_headers.len() > super::MAX_RESPONSE_LIST
+    {
+        issues.add(
+            path,
+            format!(
+                "at most {} content types and headers",
+                super::MAX_RESPONSE_LIST
+            ),
+        );
+    }
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"!#$&-^_.+".contains(&c))
+    };
+    for (i, t) in d.content_types.iter().enumerate() {
+        if t.split_once('/').is_some_and(|(a, b)| token(a) && token(b)) {
+            r.content_types.push(t.clone());
+        } else {
+            issues.add(
+                format!("{path}.content_types[{i}]"),
+                "must be a lower-case type/subtype without parameters",
+            );
+        }
+    }
+    if let Some(n) = d.max_bytes {
+        if n < 0 || n as usize > super::MAX_RESPONSE_BYTES {
+            issues.add(
+                format!("{path}.max_bytes"),
+                format!("must be 0..={}", super::MAX_RESPONSE_BYTES),
+            );
+        } else {
+            r.max_bytes = Some(n as usize);
+        }
+    }
+    for (i, h) in d.allow_headers.iter().enumerate() {
+        let lower = h.to_ascii_lowercase();
+        match http::HeaderName::from_bytes(lower.as_bytes()) {
+            Ok(_) if NEVER_ALLOWED.contains(&lower.as_str()) || lower.starts_with("fedgate-") => {
+                issues.add(
+                    format!("{path}.allow_headers[{i}]"),
+                    format!("{h} never crosses back to an agent"),
+                )
+            }
+            Ok(_) => r.allow_headers.push(lower),
+            Err(_) => issues.add(format!("{path}.allow_headers[{i}]"), "not a header name"),
+        }
+    }
+    if let Some(s) = &d.schema {
+        match serde_json::to_value(s)
+            .map_err(|e| e.to_string())
+            .and_then(super::Schema::compile)
+        {
+            Ok(schema) => r.schema = Some(schema),
+            Err(e) => issues.add(
+                format!("{path}.schema"),
+                format!("not a valid JSON Schema: {e}"),
+            ),
+        }
+    }
+    r
+}
+
 fn duration(issues: &mut Issues, path: &str, s: &str) -> Option<i64> {
     match crate::time::parse_duration(s) {
         Ok(d) => Some(d),
@@ -256,10 +348,13 @@ fn flow(issues: &mut Issues, i: usize, f: &FlowDoc, tds: &[TrustDomain]) -> Opti
                         );
                     }
                 }
+                let response =
+                    response_rules(issues, &format!("{rp}.response"), r.response.as_ref());
                 routes.push(Route {
                     method: r.method.clone(),
                     path: r.path.clone(),
                     scope: s,
+                    response,
                 });
             }
             Err(e) => issues.add(format!("{rp}.scope"), e.to_string()),

@@ -104,6 +104,80 @@ pub struct Route {
     /// Exact path, or a prefix ending in `*`.
     pub path: String,
     pub scope: Scope,
+    /// What the sending gateway accepts back from the partner on this route.
+    pub response: ResponseRules,
+}
+
+/// Largest `max_bytes` a route may set for its responses.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Most content types and extra headers a route may list.
+pub const MAX_RESPONSE_LIST: usize = 64;
+
+/// Rules for a partner's responses on a route, enforced by the sending gateway: allowed
+/// content types (empty: any), the largest body (else the gateway's
+/// `[limits] max_response_bytes`), extra response headers let through (besides the standard
+/// allow-list), and an optional JSON Schema for JSON bodies.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResponseRules {
+    pub content_types: Vec<String>,
+    pub max_bytes: Option<usize>,
+    pub allow_headers: Vec<String>,
+    pub schema: Option<Schema>,
+}
+
+/// A compiled JSON Schema (draft from its `$schema`, 2020-12 by default; no remote references).
+#[derive(Clone)]
+pub struct Schema {
+    pub json: serde_json::Value,
+    pub validator: std::sync::Arc<jsonschema::Validator>,
+}
+
+impl PartialEq for Schema {
+    fn eq(&self, o: &Self) -> bool {
+        self.json == o.json
+    }
+}
+
+impl fmt::Debug for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Schema({})", self.json)
+    }
+}
+
+impl Schema {
+    pub fn compile(json: serde_json::Value) -> Result<Schema, String> {
+        let validator = jsonschema::options()
+            .build(&json)
+            .map_err(|e| e.to_string())?;
+        Ok(Schema {
+            json,
+            validator: std::sync::Arc::new(validator),
+        })
+    }
+
+    /// The first violation, if any.
+    pub fn check(&self, instance: &serde_json::Value) -> Result<(), String> {
+        match self.validator.iter_errors(instance).next() {
+            None => Ok(()),
+            Some(e) => Err(format!("{} (at {})", e, e.instance_path())),
+        }
+    }
+}
+
+impl ResponseRules {
+    /// Whether a response's `Content-Type` (parameters ignored) is allowed.
+    pub fn allows_type(&self, content_type: &str) -> bool {
+        if self.content_types.is_empty() {
+            return true;
+        }
+        let base = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        self.content_types.contains(&base)
+    }
 }
 
 impl Route {
@@ -240,7 +314,8 @@ pub fn normalize_datetime(d: &toml::value::Datetime) -> Result<(Instant, String)
         time::UtcOffset::from_whole_seconds(minutes as i32 * 60).map_err(|e| e.to_string())?;
     let utc = time::PrimitiveDateTime::new(day, tm)
         .assume_offset(off)
-        .to_offset(time::UtcOffset::UTC);
+        .checked_to_offset(time::UtcOffset::UTC)
+        .ok_or("the instant is outside the years 0000-9999 in UTC")?;
     let mut s = format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
         utc.year(),
@@ -350,6 +425,21 @@ struct RouteDoc {
     method: String,
     path: String,
     scope: String,
+    #[serde(default)]
+    response: Option<ResponseDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResponseDoc {
+    #[serde(default)]
+    content_types: Vec<String>,
+    #[serde(default)]
+    max_bytes: Option<i64>,
+    #[serde(default)]
+    allow_headers: Vec<String>,
+    #[serde(default)]
+    schema: Option<toml::Value>,
 }
 
 #[cfg(test)]

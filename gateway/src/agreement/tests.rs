@@ -280,6 +280,13 @@ fn date_times_are_normalized_to_utc_before_hashing() {
         );
         assert_ne!(b.hash, a.hash);
     }
+    // An instant that leaves the representable years in UTC is a lint error, not a panic.
+    let text = EXAMPLE.replacen(
+        "valid_until = 2028-01-01T00:00:00Z",
+        "valid_until = 9999-12-31T23:30:00-01:00",
+        1,
+    );
+    assert!(has(&issues(&text), "valid_until", "years"));
     // Local date-times, dates and times are lint errors at their key path.
     for local in ["2026-01-01T00:00:00", "2026-01-01", "00:00:00"] {
         let text = EXAMPLE.replacen(

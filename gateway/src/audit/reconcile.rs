@@ -53,7 +53,7 @@ pub struct Report {
 }
 
 /// Kinds that are not discrepancies.
-const BENIGN: &[&str] = &["matched", "pending", "refused", "failed"];
+const BENIGN: &[&str] = &["matched", "pending", "refused", "failed", "unanswered"];
 
 /// Earlier checkpoints an auditor holds, to prove the logs only grew.
 #[derive(Debug, Clone, Default)]
@@ -189,10 +189,41 @@ fn one_direction(
         .flat_map(|e| e.records.iter())
         .filter_map(|r| millis(&r.time))
         .max();
+    // The receiver's outcome records, for the digest of what it answered.
+    let answered: HashMap<&str, &Record> = y
+        .iter()
+        .flat_map(|e| e.records.iter())
+        .filter(|r| {
+            r.kind == "outcome"
+                && r.direction == "inbound"
+                && r.partner.as_deref() == Some(xd.as_str())
+        })
+        .map(|r| (r.crossing.as_str(), r))
+        .collect();
     let mut seen_out = std::collections::HashSet::new();
     for out in outs {
         seen_out.insert(out.crossing.as_str());
         let c = Some(out.crossing.clone());
+        // The sender refused the partner's answer (bad signature, too large, invalid): the
+        // partner misbehaved, whatever its own log says.
+        if let Some(o) = outcomes.get(out.crossing.as_str()) {
+            if matches!(
+                o.reason.as_deref(),
+                Some("bad_response_signature" | "response_too_large" | "response_invalid")
+            ) {
+                findings.push(Finding {
+                    kind: "response_refused",
+                    direction: dir.clone(),
+                    crossing: c,
+                    fields: vec![],
+                    detail: format!(
+                        "{xd} refused {yd}'s answer ({})",
+                        o.reason.as_deref().unwrap_or("")
+                    ),
+                });
+                continue;
+            }
+        }
         let Some(ins) = inbound.get(out.crossing.as_str()) else {
             let (kind, detail) = if out.mode.as_deref() == Some("token_exchange") {
                 let expired = match (out.token_exp, y_latest) {
@@ -293,7 +324,7 @@ fn one_direction(
             {
                 None if partner_failed(outcomes.get(out.crossing.as_str())) => {
                     findings.push(Finding {
-                        kind: "failed",
+                        kind: "unanswered",
                         direction: dir.clone(),
                         crossing: c,
                         fields: vec![],
@@ -348,6 +379,26 @@ fn one_direction(
                         }
                     }
                 }
+            }
+        }
+        // What the receiver says it answered is what the sender received.
+        if let (Some(sent), Some(got)) = (
+            answered
+                .get(out.crossing.as_str())
+                .and_then(|r| r.response_digest.as_deref()),
+            outcomes
+                .get(out.crossing.as_str())
+                .and_then(|r| r.response_digest.as_deref()),
+        ) {
+            if sent != got {
+                findings.push(Finding {
+                    kind: "response_mismatch",
+                    direction: dir.clone(),
+                    crossing: c,
+                    fields: vec!["response_digest".into()],
+                    detail: format!("{yd} logged answering {sent}, {xd} logged receiving {got}"),
+                });
+                continue;
             }
         }
         if let (Some(a), Some(b)) = (millis(&out.time), millis(&first.time)) {

@@ -44,6 +44,10 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     pub partner: Option<String>,
+    /// The mTLS peer that sent the request (who presented it, which is not always the token's
+    /// actor: a stolen token presented by another agent names the thief here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// base64url leaf hash of the previous record (empty for seq 0).
     pub prev: String,
     pub principal: Option<String>,
@@ -56,6 +60,10 @@ pub struct Record {
     /// Outcome records: the decision record's seq.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
     pub ref_seq: Option<u64>,
+    /// Outcome records: the RFC 9530 `Content-Digest` of the response body (as sent by the
+    /// receiver, as received by the sender), so the two domains can compare what was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_digest: Option<String>,
     /// Revocation records: what was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation: Option<serde_json::Value>,
@@ -138,6 +146,8 @@ mod tests {
         r.authenticated = Some(false);
         r.mode = Some("ingress".into());
         r.latency_ms = Some(12);
+        r.response_digest = Some("sha-256=:x:".into());
+        r.peer = Some("spiffe://a/b".into());
         r.receipt = Some("r\n".into());
         let jcs = crate::jcs::canonicalize(&serde_json::to_value(&r).unwrap()).unwrap();
         assert_eq!(

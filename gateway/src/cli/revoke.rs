@@ -150,11 +150,17 @@ pub fn rotate(a: RotateArgs) -> CliResult {
                         .map_err(usage)?;
                     let o = o.clone();
                     let dir = cfg.data_dir.join("keys");
+                    let secret = crate::server::config::read_pseudonym_key(&cfg.pseudonym_key)
+                        .map_err(usage)?;
                     rt.block_on(async move {
                         use crate::store::StateBackend;
                         crate::crypto::install_provider();
-                        let st = crate::store::postgres::PgState::connect(o)
-                            .await
+                        let st = crate::store::postgres::PgState::connect(
+                            o,
+                            &secret,
+                            crate::store::postgres::Opener::Tool,
+                        )
+                        .await
                             .map_err(usage)?;
                         let prev = st.rotation().await.map_err(usage)?;
                         let (kid, path, text) =

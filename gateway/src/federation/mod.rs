@@ -1,6 +1,7 @@
 //! Federation artefacts (pure): the cross-domain token of SPEC section 6 (mint and the receiving
 //! gateway's checks), receipts (section 8), revocation notices, and pseudonymous principals.
 
+pub mod httpsig;
 pub mod notice;
 pub mod receipt;
 pub mod token;

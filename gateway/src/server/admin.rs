@@ -84,6 +84,11 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
             &[("listener", name)],
             c.refused as f64,
         );
+        gw.metrics.set(
+            "fedgate_tls_handshakes_refused",
+            &[("listener", name)],
+            c.tls_failed as f64,
+        );
     }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -259,7 +264,7 @@ pub struct RevokeRequest {
 pub async fn revoke(State(gw): State<Arc<Gateway>>, body: Body) -> Response {
     let now = crate::time::now();
     let id = crate::crypto::random_id();
-    let bytes = match proxy::read_body(body, 16 * 1024).await {
+    let bytes = match proxy::read_body_within(body, 16 * 1024, gw.cfg.conn.body_timeout).await {
         Ok(b) => b,
         Err(_) => {
             return Denial::new(Reason::TooLarge, "request too large", &id)

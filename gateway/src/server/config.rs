@@ -187,6 +187,28 @@ impl std::fmt::Debug for StateChoice {
 
 pub use crate::audit::checkpoint::valid_replica;
 
+/// The pseudonym key file holds hex; anything larger is not a key.
+const MAX_PSEUDONYM_KEY_FILE: usize = 4096;
+/// Fewer bytes than this would make pseudonyms (and the state integrity key derived from it)
+/// guessable.
+const MIN_PSEUDONYM_KEY_BYTES: usize = 32;
+
+/// Reads the domain's pseudonym key (hex, at least 32 bytes).
+pub fn read_pseudonym_key(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let text = zeroize::Zeroizing::new(
+        crate::files::read_text_limited(path, MAX_PSEUDONYM_KEY_FILE).map_err(|e| e.to_string())?,
+    );
+    crate::crypto::hex_decode(text.trim())
+        .filter(|k| k.len() >= MIN_PSEUDONYM_KEY_BYTES)
+        .map(zeroize::Zeroizing::new)
+        .ok_or_else(|| {
+            format!(
+                "{}: expected at least {MIN_PSEUDONYM_KEY_BYTES} bytes of hex",
+                path.display()
+            )
+        })
+}
+
 fn state_choice(
     s: &StateCfg,
     td: Option<&TrustDomain>,
@@ -370,7 +392,16 @@ pub struct Limits {
     pub denials_per_second: u32,
     pub denial_burst: u32,
     pub max_buffered_bytes: usize,
+    pub max_response_bytes: usize,
+    pub response_timeout: String,
 }
+
+/// Largest partner response the egress accepts unless a route says otherwise: the same bound
+/// as requests (agent calls carry JSON, not bulk data).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = DEFAULT_MAX_BODY_BYTES;
+/// A partner's whole response (head and body, or the end of a stream) must arrive within this;
+/// the head alone within `partner_timeout` (time to first byte).
+pub const DEFAULT_RESPONSE_TIMEOUT: &str = "60s";
 
 impl Default for Limits {
     fn default() -> Self {
@@ -394,6 +425,8 @@ impl Default for Limits {
             denials_per_second: DEFAULT_DENIALS_PER_SECOND,
             denial_burst: DEFAULT_DENIAL_BURST,
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT.into(),
         }
     }
 }
@@ -531,6 +564,8 @@ pub struct Validated {
     pub denials_per_second: u32,
     pub denial_burst: u32,
     pub max_buffered_bytes: usize,
+    pub max_response_bytes: usize,
+    pub response_timeout: std::time::Duration,
 }
 
 /// Where inbound crossings for a target go.
@@ -730,6 +765,17 @@ impl GatewayConfig {
         if self.limits.denials_per_second == 0 || self.limits.denial_burst == 0 {
             p.push("limits.denials_per_second, limits.denial_burst: must be positive".into());
         }
+        if self.limits.max_response_bytes == 0
+            || self.limits.max_response_bytes > crate::agreement::MAX_RESPONSE_BYTES
+        {
+            p.push(format!(
+                "limits.max_response_bytes: must be 1..={}",
+                crate::agreement::MAX_RESPONSE_BYTES
+            ));
+        }
+        let response_timeout = crate::time::parse_duration_millis(&self.limits.response_timeout)
+            .map_err(|e| p.push(format!("limits.response_timeout: {e}")))
+            .unwrap_or(60_000);
         if self.limits.max_buffered_bytes < self.limits.max_body_bytes {
             p.push("limits.max_buffered_bytes: must be at least limits.max_body_bytes".into());
         }
@@ -803,6 +849,8 @@ impl GatewayConfig {
                 denials_per_second: self.limits.denials_per_second,
                 denial_burst: self.limits.denial_burst,
                 max_buffered_bytes: self.limits.max_buffered_bytes,
+                max_response_bytes: self.limits.max_response_bytes,
+                response_timeout: std::time::Duration::from_millis(response_timeout.max(1)),
             }),
             _ => Err(vec!["config is incomplete".into()]),
         }

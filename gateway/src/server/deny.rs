@@ -35,7 +35,10 @@ impl Denial {
     pub fn new(reason: Reason, message: impl Into<String>, crossing: &str) -> Self {
         let source = match reason {
             Reason::AuditUnavailable | Reason::StateUnavailable => Source::Internal,
-            Reason::PartnerUnavailable => Source::Partner,
+            Reason::PartnerUnavailable
+            | Reason::BadResponseSignature
+            | Reason::ResponseTooLarge
+            | Reason::ResponseInvalid => Source::Partner,
             _ => Source::Client,
         };
         Denial {
@@ -85,6 +88,9 @@ impl Denial {
             Reason::AuditUnavailable => "audit log unavailable",
             Reason::StateUnavailable => "state store unavailable",
             Reason::PartnerUnavailable => "partner unavailable",
+            Reason::BadResponseSignature | Reason::ResponseTooLarge | Reason::ResponseInvalid => {
+                "partner response refused"
+            }
             _ => "crossing denied",
         }
     }
@@ -108,6 +114,11 @@ impl IntoResponse for Denial {
             serde_json::json!({"error": Denial::short(self.reason), "reason": self.reason.code(), "crossing": self.crossing})
         };
         let mut r = (status, Json(body)).into_response();
+        // Every denial names its crossing in a header too (the response signature covers it).
+        if let Ok(v) = http::HeaderValue::from_str(&self.crossing) {
+            r.headers_mut()
+                .insert(crate::federation::httpsig::CROSSING_HEADER, v);
+        }
         if self.oauth {
             r.headers_mut().insert(
                 http::header::CACHE_CONTROL,

@@ -72,6 +72,7 @@ pub async fn authorize(
         return Err(refuse(gw, rec, Reason::NotHolder, "no client certificate".into()).await);
     };
     rec.source = Some(peer.id.to_string());
+    rec.peer = Some(peer.id.to_string());
     // Revocations made at another replica must be visible here before anything is decided.
     if !gw.state.ready() {
         let m = "the shared state store is unreachable or behind".to_string();
@@ -336,6 +337,7 @@ pub async fn token(
     let mut rec = base_record(&gw, "outbound", &crate::crypto::random_id(), false);
     rec.mode = Some("token_exchange".into());
     rec.source = conn.peer.as_ref().map(|p| p.id.to_string());
+    rec.peer = rec.source.clone();
     let read = proxy::read_body_within(body, MAX_FORM_BYTES, gw.cfg.conn.body_timeout).await;
     let (chain, audience, scope) = match read {
         Err(proxy::BodyError::TooLarge) => {
@@ -346,6 +348,12 @@ pub async fn token(
         }
         Err(proxy::BodyError::Read(e)) => {
             return refuse(&gw, rec, Reason::Malformed, e)
+                .await
+                .oauth()
+                .into_response()
+        }
+        Err(proxy::BodyError::Busy) => {
+            return refuse(&gw, rec, Reason::RateLimited, "busy".into())
                 .await
                 .oauth()
                 .into_response()
@@ -456,6 +464,7 @@ pub async fn egress(
             let mut rec = base_record(&gw, "outbound", &crate::crypto::random_id(), false);
             rec.mode = Some("egress".into());
             rec.source = conn.peer.as_ref().map(|p| p.id.to_string());
+            rec.peer = rec.source.clone();
             return refuse(&gw, rec, Reason::Malformed, m).await.into_response();
         }
     };
@@ -503,30 +512,22 @@ pub async fn egress(
     };
     // Request bodies are read whole (to look for smuggled chains), within a time limit and a
     // budget shared by every request, so many large uploads cannot exhaust memory.
-    let want = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(gw.cfg.max_body_bytes)
-        .min(gw.cfg.max_body_bytes)
-        .max(1);
-    let permit = match tokio::time::timeout(
+    // Permits are taken per byte as it arrives, so a bodiless request takes none.
+    let read = proxy::read_body_budgeted(
+        body,
+        gw.cfg.max_body_bytes,
         gw.cfg.conn.body_timeout,
-        gw.buffer_budget.clone().acquire_many_owned(want as u32),
+        &gw.buffer_budget,
     )
-    .await
-    {
-        Ok(Ok(p)) => p,
-        _ => {
+    .await;
+    let (body, permit) = match read {
+        Ok(x) => x,
+        Err(proxy::BodyError::Busy) => {
             let m = "the gateway is buffering too many request bodies; retry later".to_string();
             return refuse(&gw, a.record, Reason::RateLimited, m)
                 .await
                 .into_response();
         }
-    };
-    // `want` is the declared length (or the limit): reading more than it is refused.
-    let body = match proxy::read_body_within(body, want, gw.cfg.conn.body_timeout).await {
-        Ok(b) => b,
         Err(proxy::BodyError::TooLarge) => {
             let m = format!("request body over {} bytes", gw.cfg.max_body_bytes);
             return refuse(&gw, a.record, Reason::TooLarge, m)
@@ -619,9 +620,41 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
         started,
     } = o;
     let crossing = claims.jti.clone();
-    if let Some(v) = proxy::header(&format!("Bearer {token}")) {
+    let authorization = format!("Bearer {token}");
+    if let Some(v) = proxy::header(&authorization) {
         headers.insert(http::header::AUTHORIZATION, v);
     }
+    // A streamed answer carries its signature in trailers: ask for them.
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    // What the partner's signed answer must cover: this very request.
+    let route_path = uri
+        .path()
+        .strip_prefix("/ingress")
+        .unwrap_or("/")
+        .to_string();
+    let rules = a
+        .decision
+        .flow
+        .and_then(|i| a.agreement.flows.get(i))
+        .and_then(|f| f.route_for(method.as_str(), &route_path, &a.decision.granted))
+        .map(|r| r.response.clone())
+        .unwrap_or_default();
+    let Some(partner_bundle) = a.trust.bundles.get(&partner.trust_domain).cloned() else {
+        return Denial::new(Reason::UnknownDomain, "no partner bundle", &crossing)
+            .described()
+            .into_response();
+    };
+    let expected = super::response::Expected {
+        crossing: crossing.clone(),
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
+        authorization,
+        partner: partner_bundle,
+        max_bytes: rules.max_bytes.unwrap_or(gw.cfg.max_response_bytes),
+        rules,
+        deadline: tokio::time::Instant::now() + gw.cfg.response_timeout,
+    };
     let mut req = http::Request::new(Body::from(body));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -663,44 +696,8 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
             return r;
         }
     };
-    let (parts, incoming) = resp.into_parts();
-    outcome.status = Some(parts.status.as_u16());
-    // The decision record was durable before forwarding; the outcome (with the partner's
-    // receipt, verified here) is logged off the response path, still group-committed.
-    let receipt = parts
-        .headers
-        .get("fedgate-receipt")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let gw2 = gw.clone();
-    gw.pending_outcomes
-        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    tokio::spawn(async move {
-        if let Some(receipt) = receipt {
-            let trust = gw2.trust.get();
-            let valid = trust
-                .bundles
-                .get(&partner.trust_domain)
-                .map(|b| {
-                    crate::federation::receipt::verify_receipt(&receipt, b)
-                        .map(|c| c.crossing == crossing)
-                        .unwrap_or(false)
-                })
-                .unwrap_or(false);
-            if !valid {
-                tracing::warn!(crossing = %crossing, "partner receipt does not verify");
-            }
-            outcome.receipt = Some(receipt);
-            outcome.receipt_valid = Some(valid);
-        }
-        if let Err(e) = append(&gw2, outcome).await {
-            tracing::error!(error = %e, "could not audit the outcome");
-        }
-        gw2.pending_outcomes
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    });
-    let mut out = Response::new(proxy::limit_body(incoming, gw.cfg.max_body_bytes));
-    *out.status_mut() = parts.status;
-    *out.headers_mut() = proxy::strip_response_headers(&parts.headers);
-    out
+    // The decision record was durable before forwarding; the answer is checked (signature,
+    // digest, route rules) before the agent gets it, and the outcome — with the partner's
+    // verified receipt and the answer's digest — is logged off the response path.
+    super::response::deliver(gw, expected, resp, outcome).await
 }

@@ -146,6 +146,7 @@ pub async fn ingress(
     rec.authenticated = Some(false);
     rec.partner = Some(peer.id.trust_domain_str().to_string());
     rec.source = Some(peer.id.to_string());
+    rec.peer = Some(peer.id.to_string());
     let token = match bearer(&headers) {
         Ok(Some(t)) => t,
         Ok(None) => {
@@ -295,7 +296,10 @@ pub async fn ingress(
         let exp = c.exp.min(now.saturating_add(vt.agreement.max_token_ttl));
         let issuer = vt.issuer_td.as_str();
         // First use wins; only a crossing that passed every other check uses up the token.
-        match gw.state.replay_insert(issuer, &c.jti, exp).await {
+        // The token id is remembered for as long as the token itself could be accepted
+        // (`exp` plus the agreement's skew), not just as long as the crossing link lives.
+        let keep = c.exp.saturating_add(vt.agreement.clock_skew);
+        match gw.state.replay_insert(issuer, &c.jti, keep).await {
             Ok(true) => {}
             Ok(false) => {
                 return refuse(
@@ -423,18 +427,37 @@ pub async fn ingress(
         };
         let (parts, incoming) = resp.into_parts();
         outcome.status = Some(parts.status.as_u16());
-        // The decision was durable before forwarding; the outcome is logged off the response
-        // path (still group-committed).
-        super::append_later(&gw, outcome);
         let mut out = Response::new(proxy::limit_body(incoming, gw.cfg.max_body_bytes));
         *out.status_mut() = parts.status;
+        // The upstream's cookies and our own headers never leave with the answer.
         let mut h = proxy::strip_response_headers(&parts.headers);
-        h.remove("fedgate-receipt");
+        h.remove(http::header::SET_COOKIE);
+        h.remove("set-cookie2");
         h.remove("delegation-chain");
+        let ours: Vec<http::HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("fedgate-"))
+            .cloned()
+            .collect();
+        for k in ours {
+            h.remove(k);
+        }
         if let Some(v) = receipt.as_deref().and_then(proxy::header) {
             h.insert("fedgate-receipt", v);
         }
+        // A known length tells the signing layer the answer can be read whole and signed in
+        // headers; without one it is streamed and signed in trailers.
+        if let Some(v) = parts.headers.get(http::header::CONTENT_LENGTH) {
+            h.insert(http::header::CONTENT_LENGTH, v.clone());
+        }
+        if let Some(v) = proxy::header(&c.jti) {
+            h.insert(crate::federation::httpsig::CROSSING_HEADER, v);
+        }
         *out.headers_mut() = h;
+        // The decision was durable before forwarding; the outcome (with the digest of the
+        // answer, once signed) is logged off the response path by the signing layer.
+        out.extensions_mut()
+            .insert(super::response::PendingOutcome(outcome));
         out
     }
     .instrument(span)
@@ -483,10 +506,16 @@ pub async fn revocations(
     refused.mode = Some("notice".into());
     refused.partner = Some(peer.id.trust_domain_str().to_string());
     refused.source = Some(peer.id.to_string());
-    let bytes = match proxy::read_body(body, crate::jose::MAX_JWS_BYTES).await {
-        Ok(b) => b,
-        Err(_) => return refuse(&gw, refused, Reason::TooLarge, "notice too large".into()).await,
-    };
+    refused.peer = Some(peer.id.to_string());
+    let bytes =
+        match proxy::read_body_within(body, crate::jose::MAX_JWS_BYTES, gw.cfg.conn.body_timeout)
+            .await
+        {
+            Ok(b) => b,
+            Err(_) => {
+                return refuse(&gw, refused, Reason::TooLarge, "notice too large".into()).await
+            }
+        };
     let text = String::from_utf8_lossy(&bytes).to_string();
     let trust = gw.trust.get();
     let (claims, iss) = match crate::federation::notice::verify_notice(&text, &trust.bundles) {

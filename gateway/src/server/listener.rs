@@ -32,6 +32,8 @@ pub struct ConnCounts {
     pub unauthenticated: usize,
     pub refused: u64,
     pub evicted: u64,
+    /// TLS handshakes that failed (no, or an unacceptable, client certificate; timeouts).
+    pub tls_failed: u64,
 }
 
 #[derive(Default)]
@@ -50,6 +52,9 @@ pub struct Tracker {
     limits: ConnLimits,
     pools: Mutex<Pools>,
     next: AtomicU64,
+    tls_failed: AtomicU64,
+    /// Where refusals before authentication are side-logged, and the listener's name.
+    refusals: Mutex<Option<(Arc<super::refusals::RefusalLog>, &'static str)>>,
 }
 
 /// A connection's place in the accounting; leaving it frees the slots.
@@ -67,7 +72,36 @@ impl Tracker {
             limits,
             pools: Mutex::new(Pools::default()),
             next: AtomicU64::new(0),
+            tls_failed: AtomicU64::new(0),
+            refusals: Mutex::new(None),
         })
+    }
+
+    /// Side-logs failed handshakes of listener `name` into `log`.
+    pub fn log_refusals_to(&self, log: Arc<super::refusals::RefusalLog>, name: &'static str) {
+        if let Ok(mut r) = self.refusals.lock() {
+            *r = Some((log, name));
+        }
+    }
+
+    /// A TLS handshake failed: counted, and side-logged (rate-limited) with its cause.
+    fn tls_refused(&self, remote: SocketAddr, why: &str) {
+        self.tls_failed.fetch_add(1, Ordering::Relaxed);
+        let Ok(r) = self.refusals.lock() else {
+            return;
+        };
+        if let Some((log, name)) = r.as_ref() {
+            let cert = why.contains("certificate") || why.contains("Certificate");
+            log.record(super::refusals::Refusal {
+                time: crate::time::format_rfc3339_millis(crate::time::now_millis()),
+                listener: name,
+                remote: remote.to_string(),
+                peer: None,
+                reason: if cert { "bad_svid" } else { "malformed" },
+                message: format!("TLS handshake refused: {why}"),
+                suppressed: 0,
+            });
+        }
     }
 
     pub fn counts(&self) -> ConnCounts {
@@ -77,6 +111,7 @@ impl Tracker {
                 unauthenticated: p.unauth.len(),
                 refused: p.refused,
                 evicted: p.evicted,
+                tls_failed: self.tls_failed.load(Ordering::Relaxed),
             },
             Err(_) => ConnCounts::default(),
         }
@@ -311,10 +346,12 @@ async fn serve_one(
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                tracker.tls_refused(remote, &e.to_string());
                 return;
             }
             Err(_) => {
                 tracing::debug!(%remote, "TLS handshake timed out");
+                tracker.tls_refused(remote, "the handshake timed out");
                 return;
             }
         },
@@ -434,7 +471,8 @@ mod tests {
                 total: 0,
                 unauthenticated: 0,
                 refused: 0,
-                evicted: 2
+                evicted: 2,
+                tls_failed: 0
             }
         );
     }

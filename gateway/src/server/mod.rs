@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod proxy;
 pub mod refusals;
+pub mod response;
 pub mod state;
 pub mod tls;
 pub mod trust;
@@ -46,7 +47,9 @@ pub async fn deny(
     reason: crate::reason::Reason,
     message: String,
 ) -> deny::Denial {
-    if let Some(src) = rec.source.as_deref().or(rec.partner.as_deref()) {
+    // The budget belongs to who sent the request (the mTLS peer), which is also who
+    // `over_budget` checks; never to the actor a token names.
+    if let Some(src) = rec.peer.as_deref().or(rec.source.as_deref()) {
         gw.denials.take(src);
     }
     rec.decision = "deny".into();
@@ -246,9 +249,16 @@ fn internal_router(gw: Arc<Gateway>) -> Router {
 }
 
 fn federation_router(gw: Arc<Gateway>) -> Router {
-    Router::new()
+    // Every answer on /ingress is signed for the partner (and its digest audited).
+    let signed = Router::new()
         .route("/ingress", any(ingress::ingress))
         .route("/ingress/{*path}", any(ingress::ingress))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            response::sign_ingress,
+        ));
+    Router::new()
+        .merge(signed)
         .route("/bundle", get(ingress::bundle))
         .route("/v1/revocations", post(ingress::revocations))
         .fallback(not_found)
@@ -310,6 +320,7 @@ pub async fn start(
     let identity = Identity { chain, key };
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| one(format!("{}: {e}", cfg.data_dir.display())))?;
+    let pseudonym = config::read_pseudonym_key(&cfg.pseudonym_key).map_err(one)?;
     // The state store first: an unreachable database stops the start before any port binds.
     let st: Arc<dyn StateBackend> = match &cfg.state {
         config::StateChoice::Sled => Arc::new(
@@ -319,9 +330,13 @@ pub async fn start(
             )
             .map_err(|e| one(format!("{}: {e}", cfg.data_dir.join("state").display())))?,
         ),
-        config::StateChoice::Postgres(o) => crate::store::postgres::PgState::connect(o.clone())
-            .await
-            .map_err(|e| one(format!("state backend postgres: {e}")))?,
+        config::StateChoice::Postgres(o) => crate::store::postgres::PgState::connect(
+            o.clone(),
+            &pseudonym,
+            crate::store::postgres::Opener::Replica,
+        )
+        .await
+        .map_err(|e| one(format!("state backend postgres: {e}")))?,
     };
     let rotation = st
         .rotation()
@@ -337,16 +352,6 @@ pub async fn start(
             cfg.audit_key.display()
         )));
     }
-    let pseudo_text = crate::files::read_text_limited(&cfg.pseudonym_key, 4096)
-        .map_err(|e| one(e.to_string()))?;
-    let pseudonym = crate::crypto::hex_decode(pseudo_text.trim())
-        .filter(|k| k.len() >= 32)
-        .ok_or_else(|| {
-            one(format!(
-                "{}: expected at least 32 bytes of hex",
-                cfg.pseudonym_key.display()
-            ))
-        })?;
     let saved = st.saved_bundles().await.map_err(|e| one(e.to_string()))?;
     let trust = lifecycle::load_trust(&cfg, &saved, 1)?;
     {
@@ -397,7 +402,7 @@ pub async fn start(
     let trust = Arc::new(TrustHandle::new(trust));
     let keys = Keys {
         signing: std::sync::RwLock::new(Arc::new(signing)),
-        pseudonym: zeroize::Zeroizing::new(pseudonym),
+        pseudonym,
     };
     let gw = Arc::new(Gateway::new(cfg, trust.clone(), keys, identity, log, st).map_err(one)?);
     let (internal, federation, admin) = listeners.addrs().map_err(|e| one(e.to_string()))?;
@@ -514,9 +519,15 @@ async fn rebuild_replay_cache(log: &AuditLog, st: &dyn StateBackend) -> Result<(
             if r.kind == "decision" && r.direction == "inbound" && r.is_allow() {
                 if let (Some(exp), Some(issuer)) = (r.token_exp, r.partner.as_deref()) {
                     if exp.saturating_add(crate::chain::MAX_CLOCK_SKEW) > now {
-                        st.replay_insert(issuer, &r.crossing, exp)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        // Kept as long as the token could still be accepted (the largest skew an
+                        // agreement may set).
+                        st.replay_insert(
+                            issuer,
+                            &r.crossing,
+                            exp.saturating_add(crate::chain::MAX_CLOCK_SKEW),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
                     }
                 }
             }

@@ -61,7 +61,26 @@ const FORWARDING: &[&str] = &[
     "ssl-client-cert",
     "client-cert",
     "client-cert-chain",
+    "x-client-verify",
+    "x-client-s-dn",
+    "x-client-i-dn",
+    "via",
 ];
+
+/// Name prefixes of identity and routing headers (proxies and TLS terminators each have their
+/// own spellings: `X-Forwarded-Uri`, `X-SSL-Client-Verify`, `X-Envoy-Original-Path`,
+/// `X-Original-Method`, `X-ARR-ClientCert`, ...).
+const FORWARDING_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-envoy-",
+    "x-ssl-",
+    "x-original-",
+    "x-arr-",
+];
+
+fn is_forwarding(n: &str) -> bool {
+    FORWARDING.contains(&n) || FORWARDING_PREFIXES.iter().any(|p| n.starts_with(p))
+}
 
 /// The header names a `Connection` header lists, read as bytes: a value that is not visible
 /// ASCII still names what it names (a non-ASCII byte must not switch stripping off).
@@ -89,7 +108,7 @@ pub fn strip_headers(headers: &HeaderMap, extra: &[HeaderName]) -> HeaderMap {
         let n = name.as_str();
         let drop = HOP_BY_HOP.contains(&n)
             || CREDENTIALS.contains(&n)
-            || FORWARDING.contains(&n)
+            || is_forwarding(n)
             || n.contains('_')
             || n.starts_with("fedgate-")
             || n == "host"
@@ -209,6 +228,54 @@ pub async fn read_body_within(
 pub enum BodyError {
     TooLarge,
     Read(String),
+    /// The shared buffering budget stayed exhausted for the whole time limit.
+    Busy,
+}
+
+/// Reads a whole request body within `timeout` and `limit`, taking from `budget` one permit per
+/// byte as the bytes arrive (a body only holds what it really buffers). The permits are
+/// returned with the bytes and released when dropped.
+pub async fn read_body_budgeted(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+    budget: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), BodyError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(BodyError::Read(
+                    "the request body did not arrive in time".into(),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(d) = frame.into_data() else { continue };
+        if d.is_empty() {
+            continue;
+        }
+        if buf.len() + d.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        let n = u32::try_from(d.len()).map_err(|_| BodyError::TooLarge)?;
+        let p = match tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(n)).await
+        {
+            Ok(Ok(p)) => p,
+            _ => return Err(BodyError::Busy),
+        };
+        match held.as_mut() {
+            Some(h) => h.merge(p),
+            None => held = Some(p),
+        }
+        buf.extend_from_slice(&d);
+    }
+    Ok((buf.freeze(), held))
 }
 
 /// Wraps a streaming body so that more than `limit` bytes end it with an error.
@@ -320,6 +387,17 @@ mod tests {
             ("X-Rewrite-URL", "/admin"),
             ("X-HTTP-Method-Override", "DELETE"),
             ("X_Forwarded_For", "10.0.0.1"),
+            ("X-SSL-Client-Verify", "SUCCESS"),
+            ("X-SSL-Client-S-DN", "CN=admin"),
+            ("X-Client-Verify", "SUCCESS"),
+            ("X-ARR-ClientCert", "MII"),
+            ("X-Forwarded-Uri", "/admin"),
+            ("X-Forwarded-Scheme", "https"),
+            ("X-Forwarded-Method", "DELETE"),
+            ("X-Original-Method", "DELETE"),
+            ("X-Envoy-Original-Path", "/admin"),
+            ("X-Forwarded-By", "proxy"),
+            ("Via", "1.1 proxy"),
             ("Accept", "*/*"),
         ]);
         let out = strip_headers(&h, &[]);

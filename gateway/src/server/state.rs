@@ -188,7 +188,7 @@ pub struct Gateway {
     /// Connection accounting per listener (internal, federation, admin).
     pub conns: [Arc<super::listener::Tracker>; 3],
     /// Refusals kept out of the log of record (unauthenticated, rate-limited).
-    pub refusals: super::refusals::RefusalLog,
+    pub refusals: Arc<super::refusals::RefusalLog>,
     /// Per-source denial budget.
     pub denials: super::refusals::DenialLimiter,
     /// Bytes of request bodies the egress may still buffer.
@@ -216,13 +216,24 @@ impl Gateway {
         let tls = client_config(Some(&identity), verifier).map_err(|e| e.to_string())?;
         let upstream_tls = Client::builder(TokioExecutor::new()).build(MtlsConnector::new(tls));
         let cfg_conn = cfg.conn.clone();
-        let refusals = super::refusals::RefusalLog::open(Some(cfg.data_dir.join("refusals.jsonl")));
+        let refusals = Arc::new(super::refusals::RefusalLog::open(Some(
+            cfg.data_dir.join("refusals.jsonl"),
+        )));
         let denials = super::refusals::DenialLimiter::new(cfg.denials_per_second, cfg.denial_burst);
         let buffer_budget = Arc::new(tokio::sync::Semaphore::new(
             cfg.max_buffered_bytes
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         ));
+        let conns = [
+            super::listener::Tracker::new(cfg_conn.clone()),
+            super::listener::Tracker::new(cfg_conn.clone()),
+            super::listener::Tracker::new(cfg_conn),
+        ];
+        for (t, name) in conns.iter().zip(["internal", "federation", "admin"]) {
+            t.log_refusals_to(refusals.clone(), name);
+        }
         Ok(Gateway {
+            conns,
             refusals,
             denials,
             buffer_budget,
@@ -240,11 +251,6 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             life: Default::default(),
             pending_outcomes: std::sync::atomic::AtomicUsize::new(0),
-            conns: [
-                super::listener::Tracker::new(cfg_conn.clone()),
-                super::listener::Tracker::new(cfg_conn.clone()),
-                super::listener::Tracker::new(cfg_conn),
-            ],
         })
     }
 

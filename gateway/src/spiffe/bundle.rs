@@ -376,6 +376,36 @@ impl Bundle {
         Ok(())
     }
 
+    /// Gives the role-less `jwt-svid` authority `kid` its role (upgrading a bundle written
+    /// before keys had roles). Returns whether it changed anything; a key that already has a
+    /// role keeps it (a role is never reassigned: that would let one key sign for another).
+    pub fn set_role(&mut self, kid: &str, role: KeyRole) -> bool {
+        let Some(a) = self.jwt.iter_mut().find(|a| a.kid == kid) else {
+            return false;
+        };
+        let is_jwk = |k: &Value| {
+            k.get("use").and_then(Value::as_str) == Some(USE_JWT)
+                && k.get("kid").and_then(Value::as_str) == Some(kid)
+        };
+        // A member fedgate does not know (a newer role?) is left alone too.
+        let has_member = self
+            .raw_keys
+            .iter()
+            .any(|k| is_jwk(k) && k.get(ROLE_MEMBER).is_some());
+        if a.role.is_some() || has_member {
+            return false;
+        }
+        a.role = Some(role);
+        for k in &mut self.raw_keys {
+            if is_jwk(k) {
+                if let Some(o) = k.as_object_mut() {
+                    o.insert(ROLE_MEMBER.into(), role.as_str().into());
+                }
+            }
+        }
+        true
+    }
+
     /// Removes the `jwt-svid` authority `kid` (key rotation). Returns whether it was present.
     pub fn remove_jwt_authority(&mut self, kid: &str) -> bool {
         let before = self.jwt.len();
@@ -674,6 +704,21 @@ mod tests {
             // Re-serialized as it was.
             assert_eq!(serde_json::from_str::<Value>(&back.to_json()).unwrap(), v);
         }
+        // Upgrading: a role-less key gets a role once; a role is never reassigned.
+        let mut v: Value = serde_json::from_str(&b.to_json()).unwrap();
+        v["keys"][0].as_object_mut().unwrap().remove(ROLE_MEMBER);
+        let mut up = Bundle::parse(td(), &serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(up.set_role(k.kid(), KeyRole::Gateway));
+        assert!(up.jwt_key(k.kid(), KeyRole::Gateway).is_ok());
+        assert!(!up.set_role(k.kid(), KeyRole::Idp));
+        let again = Bundle::parse(td(), up.to_json().as_bytes()).unwrap();
+        assert!(again.jwt_key(k.kid(), KeyRole::Gateway).is_ok());
+        v["keys"][0][ROLE_MEMBER] = "admin".into();
+        let mut odd = Bundle::parse(td(), &serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(
+            !odd.set_role(k.kid(), KeyRole::Gateway),
+            "an unknown role is left alone"
+        );
         let mut v: Value = serde_json::from_str(&b.to_json()).unwrap();
         v["keys"][0][ROLE_MEMBER] = 7.into();
         assert!(Bundle::parse(td(), &serde_json::to_vec(&v).unwrap()).is_err());

@@ -349,11 +349,6 @@ impl AuditLog {
             }
         }
         let (tree, index) = check_records(&payloads, domain)?;
-        if let Some((path, valid, len)) = torn {
-            set_aside(&path, valid, len)?;
-            rec.truncated_bytes = len - valid;
-            rec.moved_aside = true;
-        }
         if let Some((c, _)) = &cp {
             if c.size > tree.len() {
                 return Err(LogError::CheckpointMismatch(format!(
@@ -369,6 +364,12 @@ impl AuditLog {
                 )));
             }
             rec.checkpoint_size = Some(c.size);
+        }
+        // Only now, with every check passed, is the damaged tail moved aside.
+        if let Some((path, valid, len)) = torn {
+            set_aside(&path, valid, len)?;
+            rec.truncated_bytes = len - valid;
+            rec.moved_aside = true;
         }
         if segs.is_empty() {
             let p = dir.join(segment_name(0));

@@ -15,10 +15,18 @@
 //! The audit log of record stays a local file per replica, each with its own origin. The schema
 //! is created and migrated by the gateway itself (`fedgate_schema` holds the version), under an
 //! advisory lock so replicas starting together do not race. Every row is keyed by the local
-//! trust domain, so gateways of different domains may share a database.
+//! trust domain; still, give each domain its own database (or role): a domain's gateways are
+//! trusted with its replay and revocation rows.
+//!
+//! What the database can and cannot do: it is trusted for replay and revocation state (like
+//! sled's files on a single gateway's disk: whoever can delete a row there can let a token be
+//! used twice or lift a revocation), but not for authority. Rows that would change whom the
+//! gateway trusts — stored bundles (ours after a rotation, partners' last good ones) and the
+//! rotation state — carry an HMAC under a key derived from the domain's pseudonym key, which
+//! the database never sees; a row that fails it is ignored.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,12 +51,21 @@ const INDEX_BATCH: usize = 512;
 /// dropped (the index is rebuilt from the log at the next start, from its watermark).
 const INDEX_BACKLOG: usize = 100_000;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+/// A replica holds its name this long after its last heartbeat; a second gateway claiming the
+/// same name meanwhile is refused (two writers must never share one audit log origin).
+pub const REPLICA_LEASE_MS: i64 = 2_000;
+/// Renewed well within the lease, so a slow statement or two does not lose the name.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(REPLICA_LEASE_MS as u64 / 4);
+/// How long a starting replica waits for the name's previous holder's lease to expire (a
+/// restart right after a crash).
+const REPLICA_CLAIM_WAIT: Duration = Duration::from_millis(2 * REPLICA_LEASE_MS as u64 + 1_000);
 /// Channel of the revocation notifications.
 const CHANNEL: &str = "fedgate_revocations";
 
 /// The migrations, in order; `MIGRATIONS[i]` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE fedgate_replay (
     domain text NOT NULL, issuer text NOT NULL, jti text NOT NULL, exp bigint NOT NULL,
     PRIMARY KEY (domain, issuer, jti));
@@ -74,7 +91,17 @@ CREATE TABLE fedgate_crossings (
 CREATE TABLE fedgate_index_marks (
     domain text NOT NULL, replica text NOT NULL, seq bigint NOT NULL,
     PRIMARY KEY (domain, replica));
-"#];
+"#,
+    r#"
+ALTER TABLE fedgate_revocations ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX fedgate_revocations_xid ON fedgate_revocations (domain, xid);
+ALTER TABLE fedgate_bundles ADD COLUMN mac bytea;
+ALTER TABLE fedgate_rotation ADD COLUMN mac bytea;
+CREATE TABLE fedgate_replicas (
+    domain text NOT NULL, replica text NOT NULL, instance text NOT NULL, seen bigint NOT NULL,
+    PRIMARY KEY (domain, replica));
+"#,
+];
 
 /// How to reach the database.
 #[derive(Clone)]
@@ -89,6 +116,14 @@ pub struct PgOptions {
     pub domain: String,
     /// This replica's name (its audit log origin, its notice leases, its index entries).
     pub replica: String,
+}
+
+/// Who opens the database: a serving replica claims its name (and keeps the claim alive); a
+/// command-line tool (`fedgate rotate --config`) beside a running replica does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    Replica,
+    Tool,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -148,8 +183,19 @@ pub struct PgState {
     domain: String,
     replica: String,
     cache: RevocationCache,
-    /// Highest revocation `seq` mirrored.
-    last_seq: AtomicI64,
+    /// Every revocation written by a transaction older than this (a PostgreSQL transaction
+    /// id, `xid8`) is mirrored; rows are re-read from here, so one committed late is never
+    /// missed (a `seq` taken at statement time can commit after a higher one).
+    watermark: AtomicU64,
+    integrity_key: zeroize::Zeroizing<Vec<u8>>,
+    /// This process's claim on the replica name.
+    instance: String,
+    /// Another gateway took the name (this one lost its lease during an outage): the mirror is
+    /// never marked current again, so this replica refuses crossings until restarted.
+    name_lost: std::sync::atomic::AtomicBool,
+    /// The lowest crossing-index entry dropped while the database was away: the index
+    /// watermark never passes it, so the next start indexes it again.
+    index_dropped: AtomicU64,
     index: Mutex<VecDeque<(String, u64)>>,
     index_wake: tokio::sync::Notify,
 }
@@ -161,7 +207,14 @@ fn now_ms() -> i64 {
 impl PgState {
     /// Connects, migrates the schema and loads the revocation mirror. Fails (the gateway exits
     /// 2 before binding) if the database cannot be reached.
-    pub async fn connect(o: PgOptions) -> Result<Arc<PgState>, StateError> {
+    /// Opens the database for `o.domain`. `secret` is the domain's pseudonym key: the rows
+    /// that carry authority (stored bundles, rotation state) are authenticated under a key
+    /// derived from it, which every replica of the domain has and the database never sees.
+    pub async fn connect(
+        o: PgOptions,
+        secret: &[u8],
+        opener: Opener,
+    ) -> Result<Arc<PgState>, StateError> {
         let mut pg = parse_url(&o.url, o.ca.is_some()).map_err(StateError)?;
         pg.options(format!(
             "-c statement_timeout={}",
@@ -212,13 +265,94 @@ impl PgState {
             domain: o.domain,
             replica: o.replica,
             cache: RevocationCache::default(),
-            last_seq: AtomicI64::new(0),
+            watermark: AtomicU64::new(0),
+            integrity_key: zeroize::Zeroizing::new(
+                crate::crypto::hmac_sha256(secret, b"fedgate state integrity v1").to_vec(),
+            ),
+            instance: crate::crypto::random_id(),
+            name_lost: std::sync::atomic::AtomicBool::new(false),
+            index_dropped: AtomicU64::new(u64::MAX),
             index: Mutex::new(VecDeque::new()),
             index_wake: tokio::sync::Notify::new(),
         });
         s.migrate().await?;
+        if opener == Opener::Replica {
+            s.claim_replica().await?;
+        }
         s.refresh().await?;
         Ok(s)
+    }
+
+    /// The integrity tag of a row carrying authority.
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut msg = Vec::new();
+        for p in parts {
+            msg.extend_from_slice(&(p.len() as u64).to_be_bytes());
+            msg.extend_from_slice(p);
+        }
+        crate::crypto::hmac_sha256(&self.integrity_key, &msg)
+    }
+
+    fn check_mac(&self, parts: &[&[u8]], got: Option<&[u8]>) -> bool {
+        got.is_some_and(|g| crate::crypto::ct_eq(g, &self.mac(parts)))
+    }
+
+    /// Takes the replica name (or refuses: another live gateway uses it), waiting for the
+    /// lease of a crashed previous holder to expire.
+    async fn claim_replica(&self) -> Result<(), StateError> {
+        let until = tokio::time::Instant::now() + REPLICA_CLAIM_WAIT;
+        loop {
+            let c = self.client().await?;
+            // The database's clock, so replicas' clock skew cannot shorten a lease.
+            let row = c
+                .query_opt(
+                    "INSERT INTO fedgate_replicas AS r (domain, replica, instance, seen)
+                     VALUES ($1, $2, $3, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                     ON CONFLICT (domain, replica) DO UPDATE
+                     SET instance = EXCLUDED.instance, seen = EXCLUDED.seen
+                     WHERE r.seen < EXCLUDED.seen - $4 OR r.instance = EXCLUDED.instance
+                     RETURNING instance",
+                    &[
+                        &self.domain,
+                        &self.replica,
+                        &self.instance,
+                        &REPLICA_LEASE_MS,
+                    ],
+                )
+                .await
+                .map_err(err)?;
+            if row.is_some() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(StateError(format!(
+                    "replica name {:?} is in use by another running gateway of {}: every replica needs its own [state] replica",
+                    self.replica, self.domain
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Renews this replica's claim on its name.
+    async fn heartbeat(&self) -> Result<(), StateError> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE fedgate_replicas SET seen = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                 WHERE domain = $1 AND replica = $2 AND instance = $3",
+                &[&self.domain, &self.replica, &self.instance],
+            )
+            .await
+            .map_err(err)?;
+        if n == 0 {
+            self.name_lost.store(true, Ordering::Release);
+            return Err(StateError(format!(
+                "another gateway took replica name {:?} (this one lost its lease): refusing crossings until restarted",
+                self.replica
+            )));
+        }
+        Ok(())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StateError> {
@@ -258,6 +392,12 @@ impl PgState {
                 .await
                 .map_err(err)?;
             version += 1;
+            if version == 2 {
+                // Rows written before they carried integrity tags are adopted by the gateway
+                // that upgrades the schema, for its own domain (other domains sharing the
+                // database: docs/spec-notes.md note 33).
+                self.adopt_untagged(&tx).await?;
+            }
             tx.execute("UPDATE fedgate_schema SET version = $1", &[&version])
                 .await
                 .map_err(err)?;
@@ -266,34 +406,86 @@ impl PgState {
         tx.commit().await.map_err(err)
     }
 
-    /// Mirrors every revocation changed since the last refresh.
-    async fn refresh(&self) -> Result<usize, StateError> {
-        let started = now_ms();
-        let c = self.client().await?;
-        let rows = c
+    /// Tags this domain's bundle and rotation rows written by schema 1.
+    async fn adopt_untagged(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StateError> {
+        let rows = tx
             .query(
-                "SELECT owner, kind, value, until, at, notice_iat, seq FROM fedgate_revocations
-                 WHERE domain = $1 AND seq > $2 ORDER BY seq",
-                &[&self.domain, &self.last_seq.load(Ordering::Acquire)],
+                "SELECT trust_domain, document FROM fedgate_bundles WHERE domain = $1 AND mac IS NULL",
+                &[&self.domain],
             )
             .await
             .map_err(err)?;
-        let n = rows.len();
         for r in rows {
-            let rev = Revocation {
-                domain: r.get(0),
-                kind: r.get(1),
-                value: r.get(2),
-                until: r.get(3),
-                at: r.get(4),
-                notice_iat: r.get(5),
-            };
-            self.cache.set(&rev);
-            let seq: i64 = r.get(6);
-            self.last_seq.fetch_max(seq, Ordering::AcqRel);
+            let (td, doc): (String, Vec<u8>) = (r.get(0), r.get(1));
+            let mac = self.mac(&[self.domain.as_bytes(), b"bundle", td.as_bytes(), &doc]);
+            tx.execute(
+                "UPDATE fedgate_bundles SET mac = $3 WHERE domain = $1 AND trust_domain = $2",
+                &[&self.domain, &td, &mac.as_slice()],
+            )
+            .await
+            .map_err(err)?;
+        }
+        let row = tx
+            .query_opt(
+                "SELECT state FROM fedgate_rotation WHERE domain = $1 AND mac IS NULL",
+                &[&self.domain],
+            )
+            .await
+            .map_err(err)?;
+        if let Some(r) = row {
+            let state: String = r.get(0);
+            let mac = self.mac(&[self.domain.as_bytes(), b"rotation", state.as_bytes()]);
+            tx.execute(
+                "UPDATE fedgate_rotation SET mac = $2 WHERE domain = $1",
+                &[&self.domain, &mac.as_slice()],
+            )
+            .await
+            .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Mirrors every revocation changed since the last refresh. One statement, so one snapshot:
+    /// the rows of every transaction at or after the watermark, and that snapshot's oldest
+    /// running transaction as the next watermark.
+    async fn refresh(&self) -> Result<usize, StateError> {
+        let started = now_ms();
+        let c = self.client().await?;
+        let w = self.watermark.load(Ordering::Acquire).to_string();
+        let rows = c
+            .query(
+                "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
+                 SELECT s.x::text, r.owner, r.kind, r.value, r.until, r.at, r.notice_iat
+                 FROM s LEFT JOIN fedgate_revocations r
+                   ON r.domain = $1 AND r.xid >= $2::text::xid8",
+                &[&self.domain, &w],
+            )
+            .await
+            .map_err(err)?;
+        let mut n = 0;
+        let mut next = None;
+        for r in rows {
+            let x: String = r.get(0);
+            next = x.parse::<u64>().ok();
+            let owner: Option<String> = r.get(1);
+            let Some(owner) = owner else { continue };
+            n += 1;
+            self.cache.set(&Revocation {
+                domain: owner,
+                kind: r.get(2),
+                value: r.get(3),
+                until: r.get(4),
+                at: r.get(5),
+                notice_iat: r.get(6),
+            });
+        }
+        if let Some(x) = next {
+            self.watermark.fetch_max(x, Ordering::AcqRel);
         }
         // The mirror is complete as of when the query started.
-        self.cache.mark_synced(started);
+        if !self.name_lost.load(Ordering::Acquire) {
+            self.cache.mark_synced(started);
+        }
         Ok(n)
     }
 
@@ -322,13 +514,24 @@ impl PgState {
             })
         };
         let mut was_ok = true;
+        let mut last_beat = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
                 _ = rx.recv() => {}
                 _ = stop.changed() => break,
             }
-            match self.refresh().await {
+            let r = match self.refresh().await {
+                Ok(n) if last_beat.elapsed() >= HEARTBEAT_EVERY => {
+                    let r = self.heartbeat().await.map(|_| n);
+                    if r.is_ok() {
+                        last_beat = tokio::time::Instant::now();
+                    }
+                    r
+                }
+                r => r,
+            };
+            match r {
                 Ok(_) => {
                     if !was_ok {
                         tracing::info!("PostgreSQL reachable again: revocations current");
@@ -344,6 +547,15 @@ impl PgState {
             }
         }
         listener.abort();
+        // A clean stop hands the name back at once (a restart need not wait for the lease).
+        if let Ok(c) = self.client().await {
+            let _ = c
+                .execute(
+                    "DELETE FROM fedgate_replicas WHERE domain = $1 AND replica = $2 AND instance = $3",
+                    &[&self.domain, &self.replica, &self.instance],
+                )
+                .await;
+        }
     }
 
     /// Writes queued crossing-index entries in batches until `stop`.
@@ -378,7 +590,15 @@ impl PgState {
             }
             let crossings: Vec<&str> = batch.iter().map(|(c, _)| c.as_str()).collect();
             let seqs: Vec<i64> = batch.iter().map(|(_, s)| *s as i64).collect();
-            let top = seqs.iter().copied().max().unwrap_or(0);
+            // Never past an entry dropped while the database was away (re-indexed at start).
+            let dropped = self.index_dropped.load(Ordering::Acquire);
+            let top = batch
+                .iter()
+                .map(|(_, s)| *s)
+                .max()
+                .unwrap_or(0)
+                .min(dropped.saturating_sub(1))
+                .min(i64::MAX as u64) as i64;
             let r = async {
                 let c = self.client().await?;
                 c.execute(
@@ -407,7 +627,9 @@ impl PgState {
                         q.push_front(e);
                     }
                     while q.len() > INDEX_BACKLOG {
-                        q.pop_front();
+                        if let Some((_, seq)) = q.pop_front() {
+                            self.index_dropped.fetch_min(seq, Ordering::AcqRel);
+                        }
                     }
                 }
                 return Err(e);
@@ -542,7 +764,8 @@ impl StateBackend for PgState {
                        until = CASE WHEN r.until = 0 OR EXCLUDED.until = 0 THEN 0
                                     ELSE GREATEST(r.until, EXCLUDED.until) END,
                        notice_iat = GREATEST(r.notice_iat, EXCLUDED.notice_iat),
-                       seq = nextval('fedgate_revocation_seq')
+                       seq = nextval('fedgate_revocation_seq'),
+                       xid = pg_current_xact_id()
                      WHERE EXCLUDED.notice_iat IS NULL OR r.notice_iat IS NULL
                         OR EXCLUDED.notice_iat >= r.notice_iat
                      RETURNING until, (xmax = 0) AS inserted",
@@ -585,13 +808,20 @@ impl StateBackend for PgState {
             let c = self.client().await?;
             // Never replace a bundle with one of a lower sequence (another replica may have
             // stored a newer one meanwhile).
+            let mac = self.mac(&[self.domain.as_bytes(), b"bundle", td.as_bytes(), document]);
             c.execute(
-                "INSERT INTO fedgate_bundles AS b (domain, trust_domain, sequence, document)
-                 VALUES ($1, $2, $3, $4)
+                "INSERT INTO fedgate_bundles AS b (domain, trust_domain, sequence, document, mac)
+                 VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (domain, trust_domain) DO UPDATE
-                 SET sequence = EXCLUDED.sequence, document = EXCLUDED.document
+                 SET sequence = EXCLUDED.sequence, document = EXCLUDED.document, mac = EXCLUDED.mac
                  WHERE b.sequence <= EXCLUDED.sequence",
-                &[&self.domain, &td, &(sequence as i64), &document],
+                &[
+                    &self.domain,
+                    &td,
+                    &(sequence as i64),
+                    &document,
+                    &mac.as_slice(),
+                ],
             )
             .await
             .map_err(err)?;
@@ -604,12 +834,26 @@ impl StateBackend for PgState {
             let c = self.client().await?;
             let rows = c
                 .query(
-                    "SELECT trust_domain, document FROM fedgate_bundles WHERE domain = $1",
+                    "SELECT trust_domain, document, mac FROM fedgate_bundles WHERE domain = $1",
                     &[&self.domain],
                 )
                 .await
                 .map_err(err)?;
-            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            let mut out = Vec::new();
+            for r in rows {
+                let (td, doc, mac): (String, Vec<u8>, Option<Vec<u8>>) =
+                    (r.get(0), r.get(1), r.get(2));
+                // A row this domain's gateways did not write is ignored, never trusted.
+                if self.check_mac(
+                    &[self.domain.as_bytes(), b"bundle", td.as_bytes(), &doc],
+                    mac.as_deref(),
+                ) {
+                    out.push((td, doc));
+                } else {
+                    tracing::error!(domain = %td, "a stored bundle fails its integrity check: ignored (was the database altered?)");
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -710,12 +954,24 @@ impl StateBackend for PgState {
             let c = self.client().await?;
             let row = c
                 .query_opt(
-                    "SELECT state FROM fedgate_rotation WHERE domain = $1",
+                    "SELECT state, mac FROM fedgate_rotation WHERE domain = $1",
                     &[&self.domain],
                 )
                 .await
                 .map_err(err)?;
-            Ok(row.map(|r| r.get(0)))
+            let Some(r) = row else { return Ok(None) };
+            let (state, mac): (String, Option<Vec<u8>>) = (r.get(0), r.get(1));
+            if !self.check_mac(
+                &[self.domain.as_bytes(), b"rotation", state.as_bytes()],
+                mac.as_deref(),
+            ) {
+                return Err(StateError(if mac.is_none() {
+                    "the stored rotation state has no integrity tag: written before schema 2 by a gateway of this domain that did not upgrade it, or inserted by someone else; check that no rotation is in progress, then delete the domain's row of fedgate_rotation".into()
+                } else {
+                    "the stored rotation state fails its integrity check (was the database altered?)".into()
+                }));
+            }
+            Ok(Some(state))
         })
     }
 
@@ -726,19 +982,21 @@ impl StateBackend for PgState {
     ) -> BoxFuture<'a, Result<bool, StateError>> {
         Box::pin(async move {
             let c = self.client().await?;
+            let mac = self.mac(&[self.domain.as_bytes(), b"rotation", state.as_bytes()]);
+            let mac = mac.as_slice();
             let n = match expected {
                 None => {
                     c.execute(
-                        "INSERT INTO fedgate_rotation (domain, state) VALUES ($1, $2)
+                        "INSERT INTO fedgate_rotation (domain, state, mac) VALUES ($1, $2, $3)
                          ON CONFLICT DO NOTHING",
-                        &[&self.domain, &state],
+                        &[&self.domain, &state, &mac],
                     )
                     .await
                 }
                 Some(old) => {
                     c.execute(
-                        "UPDATE fedgate_rotation SET state = $2 WHERE domain = $1 AND state = $3",
-                        &[&self.domain, &state, &old],
+                        "UPDATE fedgate_rotation SET state = $2, mac = $4 WHERE domain = $1 AND state = $3",
+                        &[&self.domain, &state, &old, &mac],
                     )
                     .await
                 }
@@ -751,7 +1009,9 @@ impl StateBackend for PgState {
     fn index_crossing(&self, crossing: &str, seq: u64) {
         if let Ok(mut q) = self.index.lock() {
             if q.len() >= INDEX_BACKLOG {
-                q.pop_front();
+                if let Some((_, s)) = q.pop_front() {
+                    self.index_dropped.fetch_min(s, Ordering::AcqRel);
+                }
             }
             q.push_back((crossing.to_string(), seq));
             if q.len() >= INDEX_BATCH {

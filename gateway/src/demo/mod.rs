@@ -3,6 +3,8 @@
 //! recording upstream services, and both gateways running on free loopback ports. Then the
 //! story of the background article, with the attacks it warns about, each step checked.
 
+pub mod hostile;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -768,6 +770,48 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
         "bound to planning's certificate, useless to anyone else".into(),
     );
 
+    // 8b. A tampered answer: vendor.example's gateway replaced by a compromised stand-in that
+    // holds its keys, signs one body and sends another. company.com refuses it before planning
+    // sees a byte of it.
+    if let Some(r) = fed.ve.take() {
+        r.shutdown().await;
+    }
+    let identity = Identity {
+        chain: crate::files::read_pem_certs(&ve.dir.join("gateway.pem"))
+            .map_err(|e| e.to_string())?,
+        key: crate::files::read_private_key_der(&ve.dir.join("keys/gateway-svid.key"))
+            .map_err(|e| e.to_string())?,
+    };
+    let vkey = crate::files::read_signing_key(&ve.dir.join("keys/gateway.key"))
+        .map_err(|e| e.to_string())?;
+    let hl = std::net::TcpListener::bind(ve.federation).map_err(|e| e.to_string())?;
+    let h = hostile::start(hl, identity, vkey).await?;
+    h.set(hostile::Tamper::SwapBody);
+    let th = [
+        ("Delegation-Chain", chain.as_str()),
+        ("Fedgate-Target", analytics),
+        ("Fedgate-Scope", "analytics:*"),
+    ];
+    let r = call(&pcl, Method::POST, &url, &th, "{}").await?;
+    h.stop();
+    st.record(
+        "a tampered answer from a compromised vendor.example gateway",
+        "bad_response_signature",
+        &r.outcome(),
+        "the answer's RFC 9421 signature covers another body than the one sent: 502, nothing delivered".into(),
+    );
+    // The stand-in's listener closes as its task winds down: retry the bind for a moment.
+    let mut bound = Listeners::bind(ve.internal, ve.federation, ve.admin);
+    for _ in 0..40 {
+        if bound.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bound = Listeners::bind(ve.internal, ve.federation, ve.admin);
+    }
+    let l = bound.map_err(|e| e.to_string())?;
+    fed.ve = Some(start_one(ve, l).await?);
+
     // 9. Revoke the planning agent: locally at once, at the partner within seconds.
     let token2 = exchange(&pcl, co.internal, &chain, analytics, "analytics:run")
         .await
@@ -861,7 +905,21 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
                 &Default::default(),
             );
             let matched = rep.summary.get("matched").copied().unwrap_or(0);
-            (if rep.clean { "clean" } else { "discrepancies" }.to_string(), format!("{} + {} records verify against their signed checkpoints; {matched} crossings matched on both sides", exports[0].2, exports[1].2))
+            // The one discrepancy the story made on purpose: the refused, tampered answer.
+            let bad: Vec<&str> = rep
+                .findings
+                .iter()
+                .map(|f| f.kind)
+                .filter(|k| !["matched", "pending", "refused", "failed", "unanswered"].contains(k))
+                .collect();
+            let got = if bad == ["response_refused"] {
+                "the tampered answer only"
+            } else if bad.is_empty() {
+                "clean"
+            } else {
+                "discrepancies"
+            };
+            (got.to_string(), format!("{} + {} records verify against their signed checkpoints; {matched} crossings matched on both sides; found: {}", exports[0].2, exports[1].2, if bad.is_empty() { "nothing".to_string() } else { bad.join(", ") }))
         }
         (a, b) => (
             "tampered".into(),
@@ -870,7 +928,7 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
     };
     st.record(
         "both audit logs exported and reconciled",
-        "clean",
+        "the tampered answer only",
         &got,
         detail,
     );
