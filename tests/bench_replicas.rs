@@ -111,7 +111,8 @@ fn claims(agr: &str) -> FederationClaims {
 
 /// Crossings per second through `targets` (connections spread round robin) for `secs`.
 async fn drive(f: &Federation, agr: &str, targets: &[SocketAddr], secs: u64) -> (f64, u64) {
-    let key = Arc::new(fedgate::files::read_signing_key(&f.co.dir.join("keys/gateway.key")).unwrap());
+    let key =
+        Arc::new(fedgate::files::read_signing_key(&f.co.dir.join("keys/gateway.key")).unwrap());
     let ok = Arc::new(AtomicU64::new(0));
     let bad = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -119,13 +120,27 @@ async fn drive(f: &Federation, agr: &str, targets: &[SocketAddr], secs: u64) -> 
     for n in 0..CONCURRENCY {
         let c = gateway_client(&f.co, &f.ve);
         let at = targets[n % targets.len()];
-        let (key, ok, bad, stop, agr) = (key.clone(), ok.clone(), bad.clone(), stop.clone(), agr.to_string());
+        let (key, ok, bad, stop, agr) = (
+            key.clone(),
+            ok.clone(),
+            bad.clone(),
+            stop.clone(),
+            agr.to_string(),
+        );
         hs.push(tokio::spawn(async move {
             let url = format!("https://{at}/ingress/analytics/run");
             while !stop.load(Ordering::Relaxed) {
                 let t = mint_token(&key, &claims(&agr)).unwrap();
                 let auth = format!("Bearer {t}");
-                match call(&c, Method::POST, &url, &[("Authorization", auth.as_str())], "{}").await {
+                match call(
+                    &c,
+                    Method::POST,
+                    &url,
+                    &[("Authorization", auth.as_str())],
+                    "{}",
+                )
+                .await
+                {
                     Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
                     _ => bad.fetch_add(1, Ordering::Relaxed),
                 };
@@ -141,7 +156,10 @@ async fn drive(f: &Federation, agr: &str, targets: &[SocketAddr], secs: u64) -> 
     for h in hs {
         let _ = h.await;
     }
-    ((o1 - o0) as f64 / el.as_secs_f64(), bad.load(Ordering::Relaxed))
+    (
+        (o1 - o0) as f64 / el.as_secs_f64(),
+        bad.load(Ordering::Relaxed),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,11 +205,18 @@ async fn crossings_per_second_sled_vs_postgres() {
         v[v.len() / 2]
     };
     let base = median(&results[0]);
-    println!("| deployment | crossings/s (median of {} × {secs} s) | runs | vs sled |", rounds());
+    println!(
+        "| deployment | crossings/s (median of {} × {secs} s) | runs | vs sled |",
+        rounds()
+    );
     println!("|---|---:|---|---:|");
     for (i, (name, _)) in setups.iter().enumerate() {
         let m = median(&results[i]);
         let runs: Vec<String> = results[i].iter().map(|r| format!("{r:.0}")).collect();
-        println!("| {name} | {m:.0} | {} | {:.2}× |", runs.join(", "), m / base);
+        println!(
+            "| {name} | {m:.0} | {} | {:.2}× |",
+            runs.join(", "),
+            m / base
+        );
     }
 }
