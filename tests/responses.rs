@@ -28,6 +28,12 @@ scope = "analytics:*"
 "#,
         r#"[[flows.routes]]
 method = "POST"
+path = "/analytics/sse"
+scope = "analytics:*"
+response = { content_types = ["text/event-stream"], stream = true }
+
+[[flows.routes]]
+method = "POST"
 path = "/analytics/*"
 scope = "analytics:*"
 response = { content_types = ["application/json", "text/event-stream"], max_bytes = 65536, allow_headers = ["x-request-id"] }
@@ -70,6 +76,24 @@ async fn upstream() -> std::net::SocketAddr {
                 .body(Body::from("<html>hi</html>"))
                 .unwrap(),
             "/checked/bad" => json("{\"status\":5}"),
+            "/analytics/nocontent" => http::Response::builder()
+                .status(204)
+                .body(Body::empty())
+                .unwrap(),
+            "/analytics/hugestream" => {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+                tokio::spawn(async move {
+                    for _ in 0..30 {
+                        if tx.send(Ok(Bytes::from(vec![b' '; 10_000]))).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Body::new(StreamBody(rx)))
+                    .unwrap()
+            }
             "/analytics/sse" => {
                 let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
                 tokio::spawn(async move {
@@ -110,6 +134,10 @@ impl http_body::Body for StreamBody {
 }
 
 async fn federation() -> Federation {
+    federation_with(|_| {}).await
+}
+
+async fn federation_with(edit: impl FnOnce(&Federation)) -> Federation {
     let (mut f, co_l, ve_l) = Federation::prepare().await;
     let up = upstream().await;
     edit_config(&f.ve, |t| {
@@ -123,6 +151,7 @@ async fn federation() -> Federation {
     });
     let text = agreement(&f);
     sign_into(&text, &[&f.co, &f.ve]);
+    edit(&f);
     f.co_gw = Some(start_gateway(&f.co, co_l).await);
     f.ve_gw = Some(start_gateway(&f.ve, ve_l).await);
     f
@@ -292,16 +321,20 @@ async fn an_independent_verifier_accepts_the_vendors_signature() {
     let mut bad = case.clone();
     bad["response"]["body_b64"] = fedgate::crypto::b64std(b"{\"status\":\"tampered\"}").into();
     std::fs::write(&path, bad.to_string()).unwrap();
-    let (code, _, _) = peers::run("verify_httpsig.py", &["--case", path.to_str().unwrap()]);
-    assert_eq!(code, 1);
+    let (code, out, err) = peers::run("verify_httpsig.py", &["--case", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["valid"], false);
+    let why = v["error"].as_str().unwrap().to_ascii_lowercase();
+    assert!(
+        why.contains("digest"),
+        "refused for the body, not for something else: {why}"
+    );
     f.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hostile_partners_answers_are_refused() {
-    let mut f = federation().await;
-    let ch = chain(&f);
-    // Replace vendor.example's gateway by a stand-in holding its SVID and gateway key.
+/// Replaces vendor.example's gateway by a stand-in holding its SVID and gateway key.
+async fn stand_in(f: &mut Federation) -> hostile::Hostile {
     f.ve_gw.take().unwrap().shutdown().await;
     let identity = fedgate::server::tls::Identity {
         chain: fedgate::files::read_pem_certs(&f.ve.dir.join("gateway.pem")).unwrap(),
@@ -309,7 +342,14 @@ async fn a_hostile_partners_answers_are_refused() {
     };
     let key = fedgate::files::read_signing_key(&f.ve.dir.join("keys/gateway.key")).unwrap();
     let l = std::net::TcpListener::bind(f.ve.federation).unwrap();
-    let h = hostile::start(l, identity, key).await.unwrap();
+    hostile::start(l, identity, key).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_partners_answers_are_refused() {
+    let mut f = federation().await;
+    let ch = chain(&f);
+    let h = stand_in(&mut f).await;
     // The control: a correctly signed answer from the stand-in passes.
     let r = egress(&f, &ch, "/analytics/run").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -435,7 +475,7 @@ async fn route_rules_refuse_large_wrong_type_and_invalid_answers_from_the_real_v
     }
     assert_eq!(egress(&f, &ch, "/checked/good").await.status, 200);
     settle().await;
-    // Reconcile reports the refused answers as the partner's, and nothing else.
+    // Each refused answer is audited with its reason (reconciliation: the test below).
     let co = outcomes(f.co_gw());
     let refused: Vec<_> = co
         .iter()
@@ -497,5 +537,264 @@ async fn a_server_sent_events_stream_flows_through_and_is_checked() {
         ve.last().unwrap().response_digest.as_deref(),
         Some(digest.as_str())
     );
+    f.stop().await;
+}
+
+/// Whatever the partner sends, it cannot pick a path that skips the checks: no body (204),
+/// no length (chunked), repeated or encoded fields, a `created` at the ends of the range, a
+/// slow head or a body that never ends. Its gateway's own denials reach the agent as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partner_cannot_choose_a_path_around_the_checks() {
+    let mut f = federation_with(|f| {
+        set_limit(&f.co, "partner_timeout", "1s");
+        set_limit(&f.co, "response_timeout", "2s");
+        set_limit(&f.co, "max_response_bytes", 65_536);
+    })
+    .await;
+    let ch = chain(&f);
+    let h = stand_in(&mut f).await;
+    let empty = fedgate::federation::httpsig::content_digest(b"");
+    let cases: Vec<(Tamper, &str, u16, &str)> = vec![
+        (Tamper::Bodiless(true), "/analytics/run", 204, ""),
+        (
+            Tamper::Bodiless(false),
+            "/analytics/run",
+            502,
+            "bad_response_signature",
+        ),
+        (
+            Tamper::DuplicateType,
+            "/analytics/run",
+            502,
+            "bad_response_signature",
+        ),
+        (
+            Tamper::Created(i64::MIN),
+            "/analytics/run",
+            502,
+            "bad_response_signature",
+        ),
+        (
+            Tamper::Created(i64::MAX),
+            "/analytics/run",
+            502,
+            "bad_response_signature",
+        ),
+        (Tamper::Encoded, "/analytics/run", 502, "response_invalid"),
+        (Tamper::Chunked(true), "/analytics/run", 200, ""),
+        (
+            Tamper::Chunked(false),
+            "/analytics/run",
+            502,
+            "bad_response_signature",
+        ),
+        (
+            Tamper::ChunkedLarge(70_000),
+            "/analytics/run",
+            502,
+            "response_too_large",
+        ),
+        (Tamper::Denial, "/analytics/run", 429, "rate_limited"),
+        (Tamper::Denial, "/checked/x", 429, "rate_limited"),
+        (
+            Tamper::SlowHead(Duration::from_millis(1500)),
+            "/analytics/run",
+            504,
+            "partner_unavailable",
+        ),
+        (
+            Tamper::StalledBody,
+            "/analytics/run",
+            502,
+            "partner_unavailable",
+        ),
+    ];
+    for (t, path, status, reason) in cases {
+        h.set(t.clone());
+        let before = outcomes(f.co_gw()).len();
+        let t0 = Instant::now();
+        let r = egress(&f, &ch, path).await;
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        assert_eq!(r.status.as_u16(), status, "{t:?}: {body}");
+        assert_eq!(r.reason(), reason, "{t:?}: {body}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "{t:?}: {:?}",
+            t0.elapsed()
+        );
+        if status == 502 {
+            assert!(
+                !body.contains("\"result\""),
+                "{t:?}: the answer was delivered: {body}"
+            );
+        }
+        assert!(r.headers.get("content-encoding").is_none(), "{t:?}");
+        settle().await;
+        let o = outcomes(f.co_gw());
+        assert_eq!(o.len(), before + 1, "{t:?}: one outcome");
+        let last = o.last().unwrap();
+        match (status, &t) {
+            (204, _) => {
+                assert_eq!(last.response_digest.as_deref(), Some(empty.as_str()));
+                assert!(r.body.is_empty());
+            }
+            (200, _) => {
+                assert_eq!(body, "{\"status\":\"done\",\"result\":\"chunked\"}\n");
+                assert_eq!(
+                    last.response_digest.as_deref(),
+                    Some(fedgate::federation::httpsig::content_digest(&r.body).as_str())
+                );
+                // The digest the agent sees is the one the gateway verified.
+                assert_eq!(
+                    r.headers["content-digest"],
+                    last.response_digest.clone().unwrap().as_str()
+                );
+            }
+            (429, _) => assert_eq!(last.status, Some(429), "{t:?}"),
+            _ => assert_eq!(last.reason.as_deref(), Some(reason), "{t:?}"),
+        }
+    }
+    // On a route that streams, an unsigned, an oversize and a never-ending stream are each cut
+    // before their last chunk, and audited with their reason.
+    for (t, reason) in [
+        (Tamper::StreamUnsigned, "bad_response_signature"),
+        (Tamper::StreamLarge(100_000), "response_too_large"),
+        (Tamper::StreamStalled, "partner_unavailable"),
+    ] {
+        h.set(t.clone());
+        let before = outcomes(f.co_gw()).len();
+        let c = agent_client(&f.co, "planning/p1", &f.co);
+        let req = http::Request::builder()
+            .method(Method::POST)
+            .uri(format!("https://{}/egress/analytics/sse", f.co.internal))
+            .header("Delegation-Chain", ch.as_str())
+            .header("Fedgate-Target", ANALYTICS)
+            .header("Fedgate-Scope", "analytics:run")
+            .body(Body::from("{}"))
+            .unwrap();
+        let t0 = Instant::now();
+        let resp = c.request(req).await.unwrap();
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        let mut broke = false;
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            match frame {
+                Ok(fr) => {
+                    if let Ok(d) = fr.into_data() {
+                        got.extend_from_slice(&d);
+                    }
+                }
+                Err(_) => {
+                    broke = true;
+                    break;
+                }
+            }
+        }
+        assert!(broke, "{t:?}: the stream ended cleanly");
+        assert!(t0.elapsed() < Duration::from_secs(4), "{t:?}");
+        assert!(got.len() <= 65_536, "{t:?}: {} bytes passed", got.len());
+        if t == Tamper::StreamUnsigned {
+            assert!(!String::from_utf8_lossy(&got).contains("data: 1"));
+        }
+        settle().await;
+        let o = outcomes(f.co_gw());
+        assert_eq!(o.len(), before + 1, "{t:?}");
+        assert_eq!(o.last().unwrap().reason.as_deref(), Some(reason), "{t:?}");
+    }
+    h.stop();
+    f.stop().await;
+}
+
+/// The real vendor signs a 204 (no body) in headers and both logs hold the empty body's
+/// digest; a stream the company refuses still leaves the vendor an outcome record with the
+/// digest of what it sent; the vendor's own denials (here: the target revoked) reach the agent
+/// as they are, even on a route whose rules they would not meet; and an auditor's
+/// reconciliation names exactly the refused answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_answers_refused_streams_and_partner_denials_from_the_real_vendor() {
+    let mut f = federation().await;
+    let ch = chain(&f);
+    let r = egress(&f, &ch, "/analytics/nocontent").await;
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    settle().await;
+    let empty = fedgate::federation::httpsig::content_digest(b"");
+    let (a, b) = (outcomes(f.co_gw()), outcomes(f.ve_gw()));
+    assert_eq!(
+        a.last().unwrap().response_digest.as_deref(),
+        Some(empty.as_str())
+    );
+    assert_eq!(
+        b.last().unwrap().response_digest.as_deref(),
+        Some(empty.as_str())
+    );
+    // 300 kB chunked from the upstream: the company refuses it past the route's 64 KiB.
+    let r = egress(&f, &ch, "/analytics/hugestream").await;
+    assert_eq!(r.reason(), "response_too_large");
+    let crossing = r.json()["crossing"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ve = outcomes(f.ve_gw());
+    let v = ve
+        .iter()
+        .find(|o| o.crossing == crossing)
+        .expect("the vendor logged an outcome for the refused stream");
+    assert!(v.response_digest.is_some(), "{v:?}");
+    // The vendor revokes its analytics agent: its denial (403 revoked, no receipt) reaches the
+    // agent on the schema route, not as response_invalid.
+    let admin = admin_client(&f.ve);
+    let resp = call(
+        &admin,
+        Method::POST,
+        &format!("https://{}/v1/revoke", f.ve.admin),
+        &[("Content-Type", "application/json")],
+        serde_json::json!({"kind": "agent", "value": ANALYTICS}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    let r = egress(&f, &ch, "/checked/good").await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.reason(), "revoked");
+    settle().await;
+    // The auditor's view: exports of both logs, reconciled.
+    let co = f.co_gw.take().unwrap();
+    let ve = f.ve_gw.take().unwrap();
+    co.shutdown().await;
+    ve.shutdown().await;
+    let bin = env!("CARGO_BIN_EXE_fedgate");
+    for d in [&f.co, &f.ve] {
+        let o = std::process::Command::new(bin)
+            .args(["audit", "export", "--data-dir"])
+            .arg(d.dir.join("data"))
+            .arg("--out")
+            .arg(d.dir.join("audit.jsonl"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = std::process::Command::new(bin)
+        .args(["audit", "reconcile", "--json", "--bundles"])
+        .arg(f.co.bundles())
+        .arg(f.co.dir.join("audit.jsonl"))
+        .arg(f.ve.dir.join("audit.jsonl"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    let bad: Vec<(String, String)> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| {
+            !["matched", "pending", "refused", "failed", "unanswered"]
+                .contains(&x["kind"].as_str().unwrap())
+        })
+        .map(|x| {
+            (
+                x["kind"].as_str().unwrap().to_string(),
+                x["crossing"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(bad, vec![("response_refused".to_string(), crossing)], "{v}");
     f.stop().await;
 }

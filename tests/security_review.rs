@@ -835,6 +835,7 @@ async fn r02_buffered_bodies_share_one_budget() {
     let f = Federation::start_with(|f| {
         set_limit(&f.co, "max_body_bytes", 65_536);
         set_limit(&f.co, "max_buffered_bytes", 65_536);
+        set_limit(&f.co, "max_response_bytes", 65_536);
         set_limit(&f.co, "body_timeout", "1s");
     })
     .await;

@@ -84,7 +84,7 @@ fn init_domain(
 ) -> Domain {
     let (i, f, a) = l.addrs().unwrap();
     let dir = root.join(td);
-    let args = fedgate::cli::init::InitArgs {
+    let args = fedgate::provision::DomainSpec {
         trust_domain: td.into(),
         out: dir.clone(),
         agents: agents.iter().map(|s| s.to_string()).collect(),
@@ -93,7 +93,7 @@ fn init_domain(
         admin: a.to_string(),
         admin_loopback: true,
     };
-    fedgate::cli::init::init(&args, fedgate::time::now()).unwrap();
+    fedgate::provision::provision(&args, fedgate::time::now()).unwrap();
     let mut cfg = std::fs::read_to_string(dir.join("gateway.toml")).unwrap();
     cfg = cfg.replace("upstreams = []\n", "");
     for (pat, addr) in upstreams {

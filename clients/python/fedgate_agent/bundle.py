@@ -6,18 +6,27 @@ and ``spiffe_refresh_hint``. Unknown ``use`` values and unsupported key types ar
 
 Key roles: a ``jwt-svid`` key of a fedgate bundle carries ``"fedgate_role"`` (``idp``,
 ``gateway``, ``audit``, ``witness``) and a verifier asks for a key in the role it needs
-(:meth:`Bundle.jwt_key`). A key without the member has no role. Bundles written before roles
-existed carry the member on no key at all; for those, :meth:`Bundle.jwt_key` falls back to the
-old rule (any key of the issuer's domain) — see :attr:`Bundle.has_roles`.
+(:meth:`Bundle.jwt_key`). A key without the member, or with a role fedgate does not know, has
+no role and verifies nothing — as ``gateway/src/spiffe/bundle.rs`` ``jwt_key``: a kid whose key
+has another role or none is ``wrong_signer``, a kid not in the bundle ``unknown_key``. A bundle
+written before key roles (no ``fedgate_role`` on any key) therefore verifies no link at all;
+``fedgate bundle assign-roles`` upgrades it (spec-notes 34).
+
+Bundles change: a gateway rewrites ``bundles_dir/<td>.json`` when it publishes a key rotation.
+:class:`BundleStore` re-reads a bundle directory (or file) when a file changes, so a
+long-running agent follows rotations; :class:`BundleSet` is one immutable snapshot.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -27,8 +36,15 @@ from .jose import VerifyingKey, b64std_decode, json_loads_strict
 from .limits import MAX_BUNDLE_BYTES, MAX_BUNDLE_KEYS, MAX_KID_BYTES, ROLE_MEMBER
 from .spiffe_id import valid_trust_domain
 
+log = logging.getLogger("fedgate_agent")
+
 USE_X509 = "x509-svid"
 USE_JWT = "jwt-svid"
+
+FORCED_RELOAD_INTERVAL = 1.0
+"""Seconds between two re-reads of an unchanged bundle source forced by an ``unknown_key``
+(:meth:`BundleStore.reload_for_unknown_key`): a rotation's new kid is picked up at once, while
+links with made-up kids cannot make the agent parse its bundle files on every request."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +65,9 @@ class Bundle:
     refresh_hint: int | None = None
     skipped: tuple[str, ...] = ()
     has_roles: bool = False
-    """Whether any ``jwt-svid`` key of the document carries ``fedgate_role``. When none does
-    (bundles written by a gateway from before key roles), role checks fall back to "any key of
-    the issuer's domain", which is what such a gateway itself accepts."""
+    """Whether any ``jwt-svid`` key of the document carries ``fedgate_role``. For display and
+    messages only: a key without a role verifies nothing either way (bundles written by a
+    gateway from before key roles verify no link; run ``fedgate bundle assign-roles``)."""
 
     @classmethod
     def parse(cls, trust_domain: str, data: bytes | str) -> Bundle:
@@ -187,9 +203,8 @@ class Bundle:
         """The key ``kid`` for signatures of ``role``.
 
         ``unknown_key`` if the kid is not in the bundle; ``wrong_signer`` if the key has another
-        role or none (fail closed). Fallback: when the bundle carries no roles at all (written
-        by a gateway from before key roles), any key of the domain is accepted for any role,
-        as that gateway itself does.
+        role, an unknown one, or none (fail closed, as the gateway's ``Bundle::jwt_key``). There
+        is no fallback for bundles without roles: their keys verify nothing.
         """
         a = self.authority(kid)
         if a is None:
@@ -198,14 +213,15 @@ class Bundle:
                 reason="unknown_key",
                 link=link,
             )
-        # Fallback for bundles from before key roles: when no key of this bundle carries
-        # `fedgate_role`, the role is not checked (any key of the issuer's domain verifies, as
-        # the gateway that wrote the bundle accepts). As soon as one key carries a role, every
-        # key is held to its own, and a key without the member has none: fail closed.
-        if self.has_roles and a.role != role:
-            has = a.role if a.role is not None else "role-less"
+        if a.role != role:
+            has = f"a {a.role}" if a.role is not None else "a role-less"
+            hint = (
+                "" if self.has_roles
+                else "; the bundle has no key roles (written before them): run "
+                "`fedgate bundle assign-roles` on its gateway"
+            )
             raise ChainError(
-                f"key {kid!r} of {self.trust_domain} is a {has} key, not a {role} key",
+                f"key {kid!r} of {self.trust_domain} is {has} key, not a {role} key{hint}",
                 reason="wrong_signer",
                 link=link,
             )
@@ -287,12 +303,162 @@ class BundleSet(Mapping[str, Bundle]):
             raise ConfigError(f"no x509-svid authorities for trust domain {trust_domain}")
         return b.ca_pem()
 
+    def current(self) -> BundleSet:
+        """This set (a :class:`BundleSet` is its own, unchanging, bundle source)."""
+        return self
 
-def load_bundles(source: BundleSet | Bundle | str | os.PathLike[str] | None = None) -> BundleSet:
-    """A :class:`BundleSet` from a set, one bundle, a bundle directory, or a single
-    ``<td>.json`` file; with no argument, from ``$FEDGATE_BUNDLES``."""
+
+def _signature(path: Path) -> tuple[Any, ...]:
+    """What changes when a bundle file or directory is rewritten: for a directory, every
+    ``*.json`` file's name, inode, size, mtime and ctime (an atomic rename changes the inode,
+    an in-place write the ctime)."""
+
+    def one(p: Path) -> tuple[Any, ...]:
+        st = p.stat()
+        return (p.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    if path.is_dir():
+        names = sorted(n for n in os.listdir(path) if n.endswith(".json") and not n.startswith("."))
+        out = []
+        for n in names:
+            try:
+                out.append(one(path / n))
+            except FileNotFoundError:
+                continue
+        return tuple(out)
+    return (one(path),)
+
+
+class BundleStore(Mapping[str, Bundle]):
+    """A bundle directory (the gateway's ``bundles_dir``) or one ``<td>.json`` file, re-read
+    when it changes, so that a gateway key rotation (which rewrites the local bundle) does not
+    break a long-running agent.
+
+    :meth:`current` compares every file's inode, size, mtime and ctime with the last read
+    (a few ``stat`` calls) and re-reads on a change; a verifier that meets a kid it does not
+    know calls :meth:`reload_for_unknown_key`, which re-reads once even without a visible
+    change (at most every :data:`FORCED_RELOAD_INTERVAL` seconds), then retries. If a re-read
+    fails (a file being written, a broken document), the last good set stays in force, the
+    failure is logged, and the next call tries again. As a ``Mapping`` it reads the current set.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sig = self._stat()
+        self._set = self._read()
+        self._forced_at: float | None = None
+        self.reloads = 0
+        """How many times the source was re-read after the first load."""
+
+    def _stat(self) -> tuple[Any, ...]:
+        try:
+            return _signature(self.path)
+        except OSError as e:
+            raise ConfigError(f"{self.path}: {e.strerror}") from None
+
+    def _read(self) -> BundleSet:
+        if self.path.is_dir():
+            return BundleSet.load_dir(self.path)
+        return BundleSet.of(Bundle.load(self.path))
+
+    def _reload(self, sig: tuple[Any, ...]) -> None:
+        try:
+            new = self._read()
+        except (BundleError, ConfigError) as e:
+            # Tried again when the files change again (or on an unknown kid), not per request.
+            self._sig = sig
+            log.warning("bundles at %s not re-read, keeping the last good ones: %s", self.path, e.message)
+            return
+        self._set, self._sig = new, sig
+        self.reloads += 1
+        log.info("bundles re-read from %s: %s", self.path, ", ".join(sorted(new)))
+
+    def current(self) -> BundleSet:
+        """The bundles in force: re-read first if a file changed since the last read."""
+        try:
+            sig = _signature(self.path)
+        except OSError:
+            sig = self._sig  # gone or unreadable for a moment: keep the last good set
+        if sig != self._sig:
+            with self._lock:
+                if sig != self._sig:
+                    self._reload(sig)
+        return self._set
+
+    def reload_for_unknown_key(self) -> bool:
+        """Re-reads the source once although nothing visibly changed (a kid was unknown), at
+        most every :data:`FORCED_RELOAD_INTERVAL` seconds. Returns whether a re-read happened
+        (the caller then retries its verification once)."""
+        with self._lock:
+            now = self._clock()
+            if self._forced_at is not None and now - self._forced_at < FORCED_RELOAD_INTERVAL:
+                return False
+            self._forced_at = now
+            try:
+                sig = _signature(self.path)
+            except OSError:
+                return False
+            before = self._set
+            self._reload(sig)
+            return self._set is not before
+
+    def __getitem__(self, td: str) -> Bundle:
+        return self.current()[td]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.current())
+
+    def __len__(self) -> int:
+        return len(self.current())
+
+    def ca_pem(self, trust_domain: str) -> str:
+        return self.current().ca_pem(trust_domain)
+
+    def __repr__(self) -> str:
+        return f"BundleStore({str(self.path)!r}, domains={sorted(self._set)!r})"
+
+
+BundleSource = Union[BundleSet, BundleStore]
+"""Where bundles come from: a fixed :class:`BundleSet`, or a :class:`BundleStore` that follows
+the files. Both have ``current() -> BundleSet``."""
+
+
+def bundle_source(
+    source: BundleSet | BundleStore | Bundle | str | os.PathLike[str] | None = None,
+) -> BundleSource:
+    """A set or store as given; one bundle as a set; a directory or file as a
+    :class:`BundleStore` (re-read on change); ``None``: ``$FEDGATE_BUNDLES`` as a store."""
+    if isinstance(source, (BundleSet, BundleStore)):
+        return source
+    if isinstance(source, Bundle):
+        return BundleSet.of(source)
+    if source is None:
+        env = os.environ.get("FEDGATE_BUNDLES")
+        if not env:
+            raise ConfigError("no bundles given and FEDGATE_BUNDLES is not set")
+        source = env
+    if not Path(source).exists():
+        raise ConfigError(f"{source}: no such bundle directory or file")
+    return BundleStore(source)
+
+
+def load_bundles(
+    source: BundleSet | BundleStore | Bundle | str | os.PathLike[str] | None = None,
+) -> BundleSet:
+    """A :class:`BundleSet` (one snapshot) from a set, a store (its current set), one bundle,
+    a bundle directory, or a single ``<td>.json`` file; with no argument, from
+    ``$FEDGATE_BUNDLES``."""
     if isinstance(source, BundleSet):
         return source
+    if isinstance(source, BundleStore):
+        return source.current()
     if isinstance(source, Bundle):
         return BundleSet.of(source)
     if source is None:

@@ -8,7 +8,9 @@
 the holder, ``prev`` = hash of the last link, the same ``task``, ``iat``/``exp`` within the last
 link's) and refuses, before anything is signed, a link the gateway would reject: wider scope
 (``scope_escalation``), a signer that is not the holder (``wrong_signer``), an expired chain,
-too many links (``too_deep``) or too many bytes (``too_large``).
+too many links (``too_deep``), too many bytes (``too_large``), a link that would be over before
+it starts (``malformed``: ``exp <= iat``), or a delegate of another trust domain than the chain's
+(``broken_link``: a delegation leaves an organization only through a crossing, spec-notes 18).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 from ._time import Duration, format_rfc3339, parse_duration
 from ._time import now as _now
-from .bundle import Bundle, BundleSet, load_bundles
+from .bundle import Bundle, BundleSet, BundleStore, load_bundles
 from .errors import ChainError, ExtendError, IdError, ScopeError
 from .jose import SIGNATURE_B64_LEN, SigningKey, b64url, encode_header, signing_input
 from .limits import (
@@ -37,7 +39,7 @@ from .limits import (
 from .links import Link, LinkClaims, chain_digest, link_hash, sign_link, valid_principal, valid_task
 from .scope import ScopeLike, ScopeSet
 from .spiffe_id import SpiffeId
-from .svid import X509Svid
+from .svid import SvidLike, current_svid
 from .verify import Policy, Revoked, VerifiedChain, parse_links, verify_chain
 
 def random_id() -> str:
@@ -54,9 +56,10 @@ class Chain:
 
     raw: str
     links: tuple[Link, ...]
-    svid: X509Svid | None
+    svid: SvidLike | None
+    """The SVID (or SVID source, which then signs with its current SVID) of the holder."""
 
-    def __init__(self, raw: str | bytes, *, svid: X509Svid | None = None):
+    def __init__(self, raw: str | bytes, *, svid: SvidLike | None = None):
         if isinstance(raw, bytes):
             try:
                 raw = raw.decode("ascii")
@@ -69,13 +72,14 @@ class Chain:
         self.svid = svid
 
     @classmethod
-    def parse(cls, raw: str | bytes, *, svid: X509Svid | None = None) -> Chain:
+    def parse(cls, raw: str | bytes, *, svid: SvidLike | None = None) -> Chain:
         """Parses ``L0~…~Ln`` (sizes, counts, every link's JWS and claims; no signatures).
         Raises :class:`ChainError`."""
         return cls(raw, svid=svid)
 
-    def bind(self, svid: X509Svid) -> Chain:
-        """The same chain, held by ``svid`` (for :meth:`extend` and the gateway calls)."""
+    def bind(self, svid: SvidLike) -> Chain:
+        """The same chain, held by ``svid`` (an :class:`X509Svid`, or a source such as
+        :class:`~fedgate_agent.WorkloadApiSvidSource`, whose current SVID then signs)."""
         c = Chain.__new__(Chain)
         c.raw, c.links, c.svid = self.raw, self.links, svid
         return c
@@ -102,7 +106,15 @@ class Chain:
 
     @property
     def scope(self) -> ScopeSet:
-        return ScopeSet(self.last.scope)
+        """The holder's scope. :class:`ChainError` (``malformed``) if the last link's is not a
+        valid scope list."""
+        return self._held_scope()
+
+    def _held_scope(self) -> ScopeSet:
+        try:
+            return ScopeSet.parse_nonempty(list(self.last.scope))
+        except ScopeError as e:
+            raise ChainError(f"scope: {e.message}", reason="malformed", link=len(self.links) - 1) from None
 
     @property
     def task(self) -> str:
@@ -153,7 +165,7 @@ class Chain:
 
     def __repr__(self) -> str:
         return (
-            f"Chain(holder={self.holder!r}, links={len(self.links)}, scope={self.scope.to_strings()!r}, "
+            f"Chain(holder={self.holder!r}, links={len(self.links)}, scope={list(self.last.scope)!r}, "
             f"task={self.task!r}, digest={self.digest!r})"
         )
 
@@ -165,7 +177,7 @@ class Chain:
         scope: ScopeLike,
         ttl: Duration = "1h",
         *,
-        svid: X509Svid | None = None,
+        svid: SvidLike | None = None,
         now: int | None = None,
         max_links: int = DEFAULT_MAX_LINKS,
         skew: int = DEFAULT_CLOCK_SKEW,
@@ -174,10 +186,13 @@ class Chain:
         bound to the chain, or ``svid``). The link expires at ``min(now + ttl, last link's
         exp)`` and is issued at ``max(now, last link's iat)``, as ``fedgate chain extend`` does.
 
-        Raises :class:`ExtendError` before signing anything if the link would break a rule.
-        Returns a new :class:`Chain` (held by ``to``, unbound).
+        Raises :class:`ExtendError` before signing anything if the link would break a rule, or
+        would be refused by the gateway: ``to`` outside the chain's trust domain
+        (``broken_link``), or a ``ttl`` so short that ``exp <= iat`` (``malformed``). Returns a
+        new :class:`Chain` (held by ``to``, unbound).
         """
-        signer = svid or self.svid
+        bound = svid if svid is not None else self.svid
+        signer = current_svid(bound) if bound is not None else None
         n = len(self.links)
         here = n  # index the new link would have
 
@@ -221,7 +236,10 @@ class Chain:
             if t >= link.claims.exp:
                 raise refuse("expired", f"the chain expired at {format_rfc3339(link.claims.exp)}", i)
         # Rule 5: scope only narrows.
-        held = ScopeSet(last.scope)
+        try:
+            held = self._held_scope()
+        except ChainError as e:
+            raise refuse("malformed", e.message, e.link) from None
         extra = want.not_covered_by(held)
         if extra:
             raise refuse(
@@ -239,6 +257,25 @@ class Chain:
         x5c = signer.x5c
         if len(x5c) > MAX_X5C_CERTS:
             raise refuse("malformed", f"x5c must hold 1-{MAX_X5C_CERTS} certificates")
+        # Internal chains stay internal (spec-notes 18): the gateway honours, for egress and
+        # token exchange, only chains whose agents all belong to the root's domain.
+        try:
+            root_domain = SpiffeId(self.root_link.iss).trust_domain
+        except IdError:
+            raise refuse("malformed", "the root link's iss is not a SPIFFE ID", 0) from None
+        if to_id.trust_domain != root_domain:
+            raise refuse(
+                "broken_link",
+                f"{to_id} is not of {root_domain}: a delegation leaves the domain only through a "
+                "crossing (call the partner through the gateway: Gateway.egress or exchange)",
+            )
+        iat, exp = max(t, last.iat), min(t + secs, last.exp)
+        if exp <= iat:
+            raise refuse(
+                "malformed",
+                f"ttl {secs}s is too short: the link would expire at {exp}, not after its issue "
+                f"time {iat} (the held link was issued {last.iat - t}s ahead of this clock)",
+            )
         claims = LinkClaims(
             iss=signer.spiffe_id,
             sub=to_id,
@@ -246,8 +283,8 @@ class Chain:
             dlg=last.sub,
             scope=tuple(want.to_strings()),
             task=last.task,
-            iat=max(t, last.iat),
-            exp=min(t + secs, last.exp),
+            iat=iat,
+            exp=exp,
             prev=link_hash(self.links[-1].compact),
             jti=random_id(),
         )
@@ -300,7 +337,7 @@ class Chain:
 
     def verify(
         self,
-        bundles: BundleSet | Bundle | str | os.PathLike[str],
+        bundles: BundleSet | BundleStore | Bundle | str | os.PathLike[str],
         *,
         at: int | None = None,
         max_links: int = DEFAULT_MAX_LINKS,
@@ -340,7 +377,10 @@ def issue_grant(
     if not valid_task(task):
         raise ChainError("task must be 1-128 printable bytes", reason="malformed")
     s = ScopeSet.parse_nonempty(scope)
-    secs = parse_duration(ttl)
+    try:
+        secs = parse_duration(ttl)
+    except ValueError as e:
+        raise ChainError(f"ttl: {e}", reason="malformed") from None
     if secs <= 0:
         raise ChainError("ttl must be positive", reason="malformed")
     t = _now() if now is None else int(now)

@@ -1,6 +1,7 @@
 """One exception hierarchy for the SDK.
 
-Every exception is a :class:`FedgateError` with ``.reason`` (a SPEC section 10 reason code, or
+Every exception is a :class:`FedgateError` with ``.reason`` (a SPEC section 10 reason code, one of
+the gateway's :data:`EXTRA_REASONS`, a newer gateway's code passed on as received, or
 ``None`` where none applies, e.g. a connection that could not be made) and ``.link`` (the
 0-based index of the offending link, where one is to blame). Messages never contain keys or
 whole tokens.
@@ -45,6 +46,29 @@ REASONS: Final = (
 )
 """Every reason code of SPEC section 10, in its order."""
 
+EXTRA_REASONS: Final = (
+    "rate_limited",
+    "state_unavailable",
+    "bad_response_signature",
+    "response_too_large",
+    "response_invalid",
+)
+"""The gateway's reason codes beyond SPEC section 10 (``gateway/src/reason.rs``, spec-notes 17,
+26 and 31), in the same denial shape. The SDK does not need to know a code to raise it: a
+gateway denial is recognized by its shape (:func:`fedgate_agent.gateway.gateway_denial`)."""
+
+ALL_REASONS: Final = REASONS + EXTRA_REASONS
+
+PARTNER_RESPONSE_REASONS: Final = frozenset(
+    {"bad_response_signature", "response_too_large", "response_invalid"}
+)
+"""The sending gateway refused the partner's *answer* (its signature, size or shape)."""
+
+RETRYABLE_REASONS: Final = frozenset(
+    {"rate_limited", "state_unavailable", "audit_unavailable", "partner_unavailable"}
+)
+"""Denials that say nothing about the request itself: the same request may succeed later."""
+
 _CREDENTIAL: Final = frozenset(
     {
         "bad_alg",
@@ -75,10 +99,12 @@ def http_status(reason: str) -> int:
         return 413
     if reason in _CREDENTIAL:
         return 401
-    if reason == "audit_unavailable":
+    if reason in ("audit_unavailable", "state_unavailable"):
         return 503
-    if reason == "partner_unavailable":
+    if reason == "partner_unavailable" or reason in PARTNER_RESPONSE_REASONS:
         return 502
+    if reason == "rate_limited":
+        return 429
     return 403
 
 
@@ -179,6 +205,12 @@ class GatewayError(FedgateError):
         self.body = body
         super().__init__(message, reason=reason)
 
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed later unchanged (``rate_limited``,
+        ``state_unavailable``, ``audit_unavailable``, ``partner_unavailable``, or no answer)."""
+        return self.reason in RETRYABLE_REASONS or (self.status is None and self.reason is None)
+
     def __str__(self) -> str:
         parts = [self.message]
         if self.status is not None:
@@ -238,8 +270,35 @@ OAUTH_ERRORS: Final[Mapping[str, type[TokenExchangeError]]] = {
 
 class CrossingDenied(GatewayError):
     """A crossing was refused: by the local gateway on egress, or by the partner's gateway
-    (its ingress answer is passed back through egress, or comes directly in ``direct`` mode)."""
+    (its ingress answer is passed back through egress, or comes directly in ``direct`` mode).
+
+    Raised for every gateway denial, whatever its reason code (including codes this SDK does
+    not know): ``reason``, ``status``, ``crossing`` (the ``Fedgate-Crossing`` id) and
+    ``retry_after`` (seconds, from ``Retry-After``, when given)."""
+
+    retry_after: int | None = None
+
+
+class PartnerResponseRefused(CrossingDenied):
+    """The crossing went through, but the local gateway refused the partner's *answer*
+    (``bad_response_signature``, ``response_too_large``, ``response_invalid``; HTTP 502): the
+    agent never sees a body that was not signed by the partner gateway or breaks the route's
+    response rules."""
+
+
+class CrossingContextMissing(ConfigError, LookupError):
+    """:func:`~fedgate_agent.crossing_of` was called on a request the middleware did not
+    accept (is :class:`~fedgate_agent.FedgateMiddleware` installed?)."""
 
 
 class ReceiveError(FedgateError):
     """The middleware refused an inbound request (no valid crossing link from the local gateway)."""
+
+
+class ReplayCacheFull(ReceiveError):
+    """The middleware's replay cache holds as many unexpired links as it may (reason
+    ``state_unavailable``, HTTP 503): new crossing links are refused until entries expire,
+    rather than forgetting a link that could still be replayed (fail closed)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, reason="state_unavailable")

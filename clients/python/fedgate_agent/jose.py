@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from .errors import JoseError
+from .errors import ConfigError, JoseError
 from .limits import ALGORITHMS, MAX_JWS_BYTES
 
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
@@ -235,7 +235,11 @@ class SigningKey:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], password: bytes | None = None) -> SigningKey:
-        return cls.from_pem(Path(path).read_bytes(), password)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror}") from None
+        return cls.from_pem(data, password)
 
     @classmethod
     def generate(cls, alg: str = "ES256") -> SigningKey:

@@ -85,7 +85,7 @@ class ScopeSet:
 
     def __init__(self, items: Iterable[str] = ()):
         if isinstance(items, str):
-            raise TypeError("use ScopeSet.parse() for a space-separated string")
+            raise ScopeError("use ScopeSet.parse() for a space-separated string")
         lst = list(items)
         if len(lst) > MAX_SCOPES:
             raise ScopeError(f"more than {MAX_SCOPES} scopes")

@@ -10,11 +10,13 @@ for an identity in another domain.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Protocol, Sequence, Union, runtime_checkable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -27,7 +29,15 @@ from .jose import SigningKey, VerifyingKey, b64std, b64url, sha256
 from .limits import MAX_SVID_CERT_BYTES, MAX_SVID_CHAIN_CERTS
 from .spiffe_id import SpiffeId
 
+log = logging.getLogger("fedgate_agent")
+
 Usage = Literal["any", "client", "server"]
+
+WORKLOAD_API_TIMEOUT = 10.0
+"""Seconds to wait for the Workload API's first answer before giving up (``ConfigError``)."""
+WORKLOAD_API_REOPEN_INTERVAL = 5.0
+"""Seconds between attempts to reopen a Workload API watch that failed (meanwhile the last
+SVID is used for as long as it is valid)."""
 
 
 @dataclass(frozen=True)
@@ -242,17 +252,11 @@ class X509Svid:
     @classmethod
     def from_workload_api(cls, socket: str | None = None) -> X509Svid:
         """The default X509-SVID from the SPIFFE Workload API (py-spiffe, ``pip install
-        'fedgate-agent[spiffe]'``), at ``socket`` or ``$SPIFFE_ENDPOINT_SOCKET``.
-        py-spiffe is imported only here."""
-        try:
-            import spiffe  # type: ignore[import-not-found]
-        except ImportError:
-            raise ConfigError(
-                "the SPIFFE Workload API needs py-spiffe: pip install 'fedgate-agent[spiffe]'"
-            ) from None
-        addr = socket or os.environ.get("SPIFFE_ENDPOINT_SOCKET")
-        if not addr:
-            raise ConfigError("no Workload API socket: pass socket= or set SPIFFE_ENDPOINT_SOCKET")
+        'fedgate-agent[spiffe]'``), at ``socket`` or ``$SPIFFE_ENDPOINT_SOCKET``: one fetch, a
+        snapshot that expires. A long-running agent uses :class:`WorkloadApiSvidSource`
+        (:func:`svid_source`), which follows renewals. py-spiffe is imported only here."""
+        spiffe = _import_spiffe()
+        addr = _workload_socket(socket)
         try:
             client = spiffe.WorkloadApiClient(socket_path=addr)
             try:
@@ -263,8 +267,11 @@ class X509Svid:
                     close()
         except Exception as e:  # py-spiffe raises its own hierarchy (and grpc's)
             raise ConfigError(f"Workload API at {addr}: {type(e).__name__}: {e}") from None
-        chain = list(getattr(svid, "cert_chain", None) or [svid.leaf])
-        return cls.from_parts(chain, svid.private_key, source=f"workload-api:{addr}")
+        return _from_py_spiffe(svid, addr)
+
+    def current(self) -> X509Svid:
+        """This SVID (an ``X509Svid`` is its own, unchanging, :class:`SvidSource`)."""
+        return self
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -305,6 +312,256 @@ class X509Svid:
 
     def verify(self, bundles: BundleSet, now: int | None = None, usage: Usage = "any") -> VerifiedSvid:
         return verify_svid(self.der_chain, bundles, now, usage)
+
+
+def _import_spiffe() -> Any:
+    try:
+        import spiffe  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise ConfigError(
+            "the SPIFFE Workload API needs py-spiffe: pip install 'fedgate-agent[spiffe]'"
+        ) from None
+    return spiffe
+
+
+def _workload_socket(socket: str | None) -> str:
+    addr = socket or os.environ.get("SPIFFE_ENDPOINT_SOCKET")
+    if not addr:
+        raise ConfigError("no Workload API socket: pass socket= or set SPIFFE_ENDPOINT_SOCKET")
+    return addr
+
+
+def _from_py_spiffe(svid: Any, addr: str) -> X509Svid:
+    chain = list(getattr(svid, "cert_chain", None) or [svid.leaf])
+    return X509Svid.from_parts(chain, svid.private_key, source=f"workload-api:{addr}")
+
+
+# ---------------------------------------------------------------------------------------------
+# SVIDs that renew
+
+
+@runtime_checkable
+class SvidSource(Protocol):
+    """Where the agent's current SVID comes from. An :class:`X509Svid` is a source of itself;
+    :class:`SvidFiles` and :class:`WorkloadApiSvidSource` follow renewals. Everything in the SDK
+    that signs or connects asks ``current()`` at that moment."""
+
+    @property
+    def spiffe_id(self) -> SpiffeId: ...
+
+    def current(self) -> X509Svid: ...
+
+
+SvidLike = Union[X509Svid, SvidSource]
+
+
+def _file_sig(*paths: Path) -> tuple[Any, ...]:
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
+class SvidFiles:
+    """An SVID in PEM files (``cert``: chain, leaf first; ``key``: PKCS#8), re-read when either
+    file changes (a sidecar such as spiffe-helper rewrites them before expiry). A pair that does
+    not load — caught between the two writes, or of another SPIFFE ID — is logged and the last
+    good SVID stays in force until the files change again."""
+
+    def __init__(self, cert: str | os.PathLike[str], key: str | os.PathLike[str]):
+        self.cert, self.key = Path(cert), Path(key)
+        self._lock = threading.Lock()
+        self._sig = self._stat()
+        self._svid = X509Svid.load(self.cert, self.key)
+        self.reloads = 0
+
+    def _stat(self) -> tuple[Any, ...]:
+        try:
+            return _file_sig(self.cert, self.key)
+        except OSError as e:
+            raise ConfigError(f"{e.filename}: {e.strerror}") from None
+
+    @property
+    def spiffe_id(self) -> SpiffeId:
+        return self._svid.spiffe_id
+
+    def current(self) -> X509Svid:
+        try:
+            sig = _file_sig(self.cert, self.key)
+        except OSError:
+            return self._svid
+        if sig != self._sig:
+            with self._lock:
+                if sig != self._sig:
+                    self._sig = sig
+                    try:
+                        new = X509Svid.load(self.cert, self.key)
+                    except (SvidError, ConfigError) as e:
+                        log.warning("SVID files not re-read, keeping the last good SVID: %s", e.message)
+                        return self._svid
+                    if new.spiffe_id != self._svid.spiffe_id:
+                        log.error("SVID files now hold %s, not %s: ignored", new.spiffe_id, self._svid.spiffe_id)
+                        return self._svid
+                    self._svid = new
+                    self.reloads += 1
+                    log.info("SVID re-read from %s (valid until %s)", self.cert, new.not_after)
+        return self._svid
+
+    def __repr__(self) -> str:
+        return f"SvidFiles({str(self.cert)!r}, spiffe_id={self.spiffe_id!r})"
+
+
+class WorkloadApiSvidSource:
+    """The agent's SVID from the SPIFFE Workload API, kept current: py-spiffe's ``X509Source``
+    holds the API's ``FetchX509SVID`` stream open in a background thread, and the SPIFFE agent
+    (SPIRE) pushes a renewed SVID on it before the old one expires; :meth:`current` returns the
+    newest. If the watch fails for good, it is reopened (at most every
+    :data:`WORKLOAD_API_REOPEN_INTERVAL` seconds) while the last SVID is used as long as it is
+    valid; after that, :meth:`current` raises :class:`SvidError` (``bad_svid``).
+
+    ``socket``: ``unix:///path`` (or ``$SPIFFE_ENDPOINT_SOCKET``). Needs py-spiffe
+    (``pip install 'fedgate-agent[spiffe]'``). :meth:`close` stops the watch.
+    """
+
+    def __init__(self, socket: str | None = None, *, timeout: float = WORKLOAD_API_TIMEOUT):
+        self._spiffe = _import_spiffe()
+        self.socket = _workload_socket(socket)
+        self.timeout = timeout
+        self._lock = threading.RLock()
+        self._source: Any = None
+        self._reopen_at = 0.0
+        self._open()
+        try:
+            self._svid = self._convert(self._snapshot())
+        except SvidError:
+            self.close()
+            raise
+        except Exception as e:
+            self.close()
+            raise ConfigError(f"Workload API at {self.socket}: {type(e).__name__}: {e}") from None
+        self._leaf = self._svid.der_chain[0]
+        self.updates = 0
+        """How many renewed SVIDs were taken after the first."""
+
+    def _open(self) -> None:
+        try:
+            self._source = self._spiffe.X509Source(
+                socket_path=self.socket, timeout_in_seconds=self.timeout
+            )
+        except Exception as e:  # py-spiffe's and grpc's errors
+            raise ConfigError(f"Workload API at {self.socket}: {type(e).__name__}: {e}") from None
+
+    def _snapshot(self) -> Any:
+        get = getattr(self._source, "get_x509_context", None)
+        if callable(get):
+            return get().default_svid
+        return self._source.svid  # py-spiffe before get_x509_context
+
+    def _convert(self, s: Any) -> X509Svid:
+        return _from_py_spiffe(s, self.socket)
+
+    @property
+    def spiffe_id(self) -> SpiffeId:
+        return self._svid.spiffe_id
+
+    def current(self) -> X509Svid:
+        try:
+            s = self._snapshot()
+        except Exception as e:  # the watch ended (py-spiffe closes the source on a fatal error)
+            return self._after_failure(e)
+        leaf = s.leaf.public_bytes(serialization.Encoding.DER)
+        if leaf != self._leaf:
+            with self._lock:
+                self._leaf = leaf  # tried once per SVID the API sends, not once per call
+                try:
+                    new = self._convert(s)
+                except SvidError as e:
+                    log.warning("Workload API SVID refused, keeping the last one: %s", e.message)
+                    return self._svid
+                if new.spiffe_id != self._svid.spiffe_id:
+                    log.error("Workload API now serves %s, not %s: ignored", new.spiffe_id, self._svid.spiffe_id)
+                    return self._svid
+                if new.der_chain[0] != self._svid.der_chain[0]:
+                    self._svid = new
+                    self.updates += 1
+                    log.info("SVID renewed from the Workload API (valid until %s)", new.not_after)
+        return self._svid
+
+    def _after_failure(self, e: Exception) -> X509Svid:
+        now = time.monotonic()
+        reopened = False
+        with self._lock:
+            if now >= self._reopen_at:
+                self._reopen_at = now + WORKLOAD_API_REOPEN_INTERVAL
+                old = self._source
+                try:
+                    self._open()
+                    reopened = True
+                    close = getattr(old, "close", None)
+                    if callable(close):
+                        close()
+                except ConfigError as again:
+                    log.warning("Workload API watch not reopened: %s", again.message)
+        if reopened:
+            log.info("Workload API watch at %s reopened", self.socket)
+            return self.current()  # a second failure finds _reopen_at ahead: no loop
+        if time.time() < self._svid.not_after:
+            log.warning("Workload API watch failed (%s); using the last SVID until it expires", type(e).__name__)
+            return self._svid
+        raise SvidError(
+            f"Workload API at {self.socket}: {type(e).__name__}: {e}; the last SVID has expired"
+        )
+
+    def close(self) -> None:
+        close = getattr(self._source, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> WorkloadApiSvidSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WorkloadApiSvidSource({self.socket!r}, spiffe_id={self.spiffe_id!r})"
+
+
+def svid_source(
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
+    *,
+    socket: str | None = None,
+) -> SvidFiles | WorkloadApiSvidSource:
+    """As :func:`load_svid`, but a source that follows renewals: :class:`SvidFiles` for files
+    (``cert``/``key``, else ``$FEDGATE_CERT``/``$FEDGATE_KEY``), :class:`WorkloadApiSvidSource`
+    for the Workload API (``socket``, else ``$SPIFFE_ENDPOINT_SOCKET``)."""
+    if cert is not None or key is not None:
+        if cert is None or key is None:
+            raise ConfigError("give both cert and key")
+        return SvidFiles(cert, key)
+    if socket:
+        return WorkloadApiSvidSource(socket)
+    env_cert, env_key = os.environ.get("FEDGATE_CERT"), os.environ.get("FEDGATE_KEY")
+    if env_cert and env_key:
+        return SvidFiles(env_cert, env_key)
+    if os.environ.get("SPIFFE_ENDPOINT_SOCKET"):
+        return WorkloadApiSvidSource()
+    raise ConfigError(
+        "no SVID: pass cert= and key=, set FEDGATE_CERT and FEDGATE_KEY, "
+        "or configure a Workload API socket (SPIFFE_ENDPOINT_SOCKET)"
+    )
+
+
+def current_svid(svid: SvidLike) -> X509Svid:
+    """The SVID a source holds now (an ``X509Svid`` is returned as is)."""
+    if isinstance(svid, X509Svid):
+        return svid
+    cur = svid.current()
+    if not isinstance(cur, X509Svid):
+        raise ConfigError("an SVID source's current() must return an X509Svid")
+    return cur
 
 
 def load_svid(

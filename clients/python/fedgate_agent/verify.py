@@ -6,8 +6,8 @@ the gateway is the authority.
 Key roles (``fedgate_role``): a human's grant and the IdP's human→agent link verify only with an
 ``idp`` key, a crossing link only with a ``gateway`` key of the link issuer's domain, an agent's
 link only with its ``x5c`` SVID. A kid not in the bundle is ``unknown_key``, a key of another
-role (or none) ``wrong_signer``. Bundles without any role (written by a gateway from before key
-roles) fall back to "any key of the issuer's domain" — see :meth:`Bundle.jwt_key`.
+role (or none) ``wrong_signer`` — with no fallback for bundles written before key roles, exactly
+as the gateway (see :meth:`Bundle.jwt_key`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Callable, Sequence, Union
 
 from cryptography import x509
 
-from .bundle import BundleSet
-from .errors import ChainError, IdError, JoseError, ScopeError, SvidError
+from .bundle import BundleSet, BundleStore
+from .errors import ChainError, ConfigError, IdError, JoseError, ScopeError, SvidError
 from .jose import b64std_decode, parse_compact
 from .limits import (
     DEFAULT_CLOCK_SKEW,
@@ -60,10 +60,14 @@ class Policy:
     """Every agent must be of the root's trust domain (what gateways require for egress)."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_links <= MAX_LINKS_HARD:
-            raise ValueError(f"max_links must be 1..={MAX_LINKS_HARD}")
-        if not 0 <= self.skew <= MAX_CLOCK_SKEW:
-            raise ValueError(f"skew must be 0..={MAX_CLOCK_SKEW} seconds")
+        if isinstance(self.max_links, bool) or not isinstance(self.max_links, int) or not (
+            1 <= self.max_links <= MAX_LINKS_HARD
+        ):
+            raise ConfigError(f"max_links must be an integer 1..={MAX_LINKS_HARD}")
+        if isinstance(self.skew, bool) or not isinstance(self.skew, int) or not (
+            0 <= self.skew <= MAX_CLOCK_SKEW
+        ):
+            raise ConfigError(f"skew must be an integer 0..={MAX_CLOCK_SKEW} seconds")
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ class _Prev:
 
 def verify_chain(
     raw: str,
-    bundles: BundleSet,
+    bundles: BundleSet | BundleStore,
     *,
     now: int | None = None,
     policy: Policy | None = None,
@@ -172,6 +176,10 @@ def verify_chain(
     :class:`ChainError` with ``.reason`` and ``.link`` on the first failure."""
     pol = policy or Policy()
     t = int(time.time()) if now is None else int(now)
+    if isinstance(bundles, BundleStore):
+        bundles = bundles.current()
+    if not isinstance(raw, str):
+        raise ChainError("a chain is a string", reason="malformed")
     raw = raw.strip()
     links = split_chain(raw)
     n = len(links)
@@ -449,6 +457,10 @@ def _check_revocations(
             raise revoked(0, f"crossing {root.crossing}")
         if rev(fd, "agent", root.foreign_actor):
             raise revoked(0, f"agent {root.foreign_actor}")
+        # The root principal as the sending domain disclosed it (`prn`, clear or `anon:…`):
+        # revoking it there stops chains rooted in such links (spec-notes 22).
+        if root.principal is not None and rev(fd, "principal", root.principal):
+            raise revoked(0, f"principal {root.principal}")
         task_owner = fd
     if rev(task_owner, "task", task):
         raise revoked(0, f"task {task}")

@@ -1,12 +1,19 @@
 """End to end on the two-domain demo setup (`fedgate demo --keep`): a Python planning agent
 (SDK) → company.com's gateway `/egress/analytics/...` → vendor.example's gateway → the README's
 FastAPI analytics agent (middleware), which delegates one more hop back through its own gateway
-to company.com's report agent (a bare ASGI app with the middleware). Also token exchange +
-direct mode, and typed errors for refused crossings."""
+to company.com's report agent (a bare ASGI app with the middleware). The README's planning
+agent runs verbatim against the same setup. Also token exchange + direct mode, a partner's own
+refusal handed back as a response, and typed errors for refused crossings."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -26,10 +33,14 @@ from fedgate_agent import (
     GatewayIdentityError,
     InvalidScopeError,
     InvalidTargetError,
+    LinkClaims,
     TokenExchangeError,
     direct,
     load_svid,
+    random_id,
+    sign_link,
 )
+from fedgate_agent.jose import b64url
 
 ANALYTICS = "spiffe://vendor.example/agent/analytics/a1"
 REPORT = "spiffe://company.com/agent/report/r1"
@@ -59,6 +70,10 @@ class Federation:
     analytics_port: int
     report_port: int
     processes: Processes
+    principal: str
+    """How company.com discloses alice@company.com (pseudonymous: anon:HMAC of its key)."""
+    agreement: str
+    """`<id>@<hash>` of the one agreement both flows are under."""
 
 
 def _listen(cfg: str, name: str) -> int:
@@ -120,7 +135,15 @@ def fed(fedgate_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         for (p, log), ports in zip(gw, (co_ports, ve_ports)):
             for port in ports:
                 wait_port(port, p, log=log)
-        yield Federation(Side(co, *co_ports), Side(ve, *ve_ports), analytics_port, report_port, procs)
+        # What the gateways will write, computed independently: the agreement's hash by the
+        # binary, company.com's pseudonym of alice as SPEC section 5 defines it.
+        agr_hash = run_fedgate(fedgate_bin, "agreement", "hash", str(co.dir / "agreements/company-vendor-analytics.toml")).stdout.strip()
+        key = bytes.fromhex((co.dir / "keys/pseudonym.key").read_text().strip())
+        anon = "anon:" + b64url(hmac.new(key, b"alice@company.com", hashlib.sha256).digest())
+        yield Federation(
+            Side(co, *co_ports), Side(ve, *ve_ports), analytics_port, report_port, procs,
+            principal=anon, agreement=f"company-vendor-analytics@{agr_hash}",
+        )
     finally:
         procs.stop()
 
@@ -139,6 +162,7 @@ def _chain(fedgate_bin: str, fed: Federation, task: str, scope: str = "analytics
 
 def test_planning_to_vendor_analytics_and_back_to_company_reports(fedgate_bin: str, fed: Federation, planning: Gateway) -> None:
     chain = Chain.parse(_chain(fedgate_bin, fed, "e2e-quarterly"), svid=planning.svid)
+    before = int(time.time())
     resp = planning.egress(
         "POST",
         "/analytics/quarterly-review",
@@ -151,30 +175,70 @@ def test_planning_to_vendor_analytics_and_back_to_company_reports(fedgate_bin: s
     assert resp.status_code == 200, resp.text
     assert resp.headers.get("fedgate-receipt"), "the vendor's signed receipt comes back"
     body = resp.json()
-    # What the analytics agent's middleware exposed.
-    assert body["holder"] == ANALYTICS
-    assert body["scope"] == ["analytics:*"]
-    assert body["task"] == "e2e-quarterly"
-    # company.com discloses principals pseudonymously: `prn` is `anon:…` once the gateway writes
-    # it; today's binary does not put `prn` on crossing links, so the middleware says None.
-    assert body["principal"] is None or body["principal"].startswith("anon:")
+    rep = body.pop("report")
+    # What the analytics agent's middleware exposed (CrossingContext.to_dict()).
+    crossing, expires = body.pop("crossing"), body.pop("expires")
+    assert crossing == resp.headers["fedgate-crossing"]  # the crossing id both logs record
+    assert before < expires <= int(time.time()) + 15 * 60  # the agreement's max_token_ttl
+    assert body == {
+        "holder": ANALYTICS,
+        "scope": ["analytics:*"],
+        "task": "e2e-quarterly",
+        "foreign_actor": PLANNING,
+        "dep": 2,  # alice's grant, alice → planning
+        "principal": fed.principal,  # company.com discloses principals pseudonymously
+        "agreement": fed.agreement,
+    }
     # What the report agent saw of the reverse crossing.
-    rep = body["report"]
-    assert rep["service"] == "company reports"
-    assert rep["path"] == "/reports/quarterly-review"
-    assert rep["holder"] == REPORT
-    assert rep["scope"] == ["analytics:report-back"]
-    assert rep["task"] == "e2e-quarterly"
-    assert rep["foreign_actor"] == ANALYTICS
-    assert rep["dep"] == 3  # alice's grant, alice → planning, the vendor's crossing link
-    assert rep["principal"] is None  # vendor.example discloses no principal
-    assert rep["agreement"] is None or rep["agreement"].startswith("company-vendor-analytics@sha256:")
-    if rep["agreement"] is not None:  # a gateway that writes agr and prn on crossing links
-        assert body["principal"].startswith("anon:"), body["principal"]
-    assert rep["received"] == {"job": "quarterly-review"}
+    assert rep.pop("crossing") != crossing
+    headers = rep.pop("headers")
+    assert rep == {
+        "service": "company reports",
+        "path": "/reports/quarterly-review",
+        "holder": REPORT,
+        "scope": ["analytics:report-back"],
+        "task": "e2e-quarterly",
+        "foreign_actor": ANALYTICS,
+        "dep": 3,  # alice's grant, alice → planning, the vendor's crossing link
+        "principal": None,  # vendor.example discloses no principal
+        "agreement": fed.agreement,
+        "received": {"job": "quarterly-review"},
+    }
     # No internal credential crossed either boundary; the report agent got the link only.
-    assert "authorization" not in rep["headers"] and "x-api-key" not in rep["headers"]
-    assert "delegation-chain" in rep["headers"]
+    assert "authorization" not in headers and "x-api-key" not in headers
+    assert "delegation-chain" in headers
+
+
+def test_a_partners_own_refusal_is_a_response(fedgate_bin: str, fed: Federation, planning: Gateway) -> None:
+    """The report agent answers 409 with a body shaped like a gateway denial; its gateway
+    marks the answer with a receipt, so the analytics agent's SDK returns it as the partner's
+    response (and the analytics agent puts it in its own answer)."""
+    chain = _chain(fedgate_bin, fed, "e2e-partner-no")
+    resp = planning.egress("POST", "/analytics/refused-here", ANALYTICS, ["analytics:*"], chain, json={})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["report"] == {"error": "not today", "reason": "rule_denied", "crossing": "made-up"}
+
+
+def test_the_readme_planning_agent_runs(fedgate_bin: str, fed: Federation) -> None:
+    """The README's second example (examples/planning_agent.py), run as written."""
+    co = fed.company.domain.dir
+    env = {
+        **os.environ,
+        "FEDGATE_GATEWAY_URL": fed.company.internal_url,
+        "FEDGATE_CERT": str(co / "agents/planning/p1.pem"),
+        "FEDGATE_KEY": str(co / "agents/planning/p1.key"),
+        "FEDGATE_BUNDLES": str(co / "bundles"),
+    }
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLES / "planning_agent.py")],
+        input=_chain(fedgate_bin, fed, "e2e-readme", scope="analytics:*"),
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"200 {REPORT}",
+        "spiffe://company.com/agent/inventory/i1 analytics:run 3",
+    ]
 
 
 def test_exchange_then_direct(fedgate_bin: str, fed: Federation, planning: Gateway) -> None:
@@ -187,11 +251,10 @@ def test_exchange_then_direct(fedgate_bin: str, fed: Federation, planning: Gatew
     assert tok.cnf_thumbprint == planning.svid.x5t_s256
     assert tok.access_token not in repr(tok)
     # The analytics agent answers; its link holds only analytics:run, which does not cover
-    # analytics:report-back, so the SDK refuses its reverse hop client-side and FastAPI answers 500.
-    resp = planning.direct(
-        "POST", "/analytics/direct-job", tok, partner_url=fed.vendor.federation_url, raise_for_denial=False
-    )
-    assert resp.status_code == 500
+    # analytics:report-back, so the SDK refuses its reverse hop client-side and FastAPI answers
+    # 500: the partner's own answer (with its gateway's receipt), a response, not a denial.
+    resp = planning.direct("POST", "/analytics/direct-job", tok, partner_url=fed.vendor.federation_url)
+    assert resp.status_code == 500 and resp.headers.get("fedgate-receipt")
     # A second presentation of the same token is a replay.
     with pytest.raises(CrossingDenied) as e:
         planning.direct("POST", "/analytics/direct-job", tok, partner_url=fed.vendor.federation_url)
@@ -251,6 +314,28 @@ def test_refused_crossings_are_typed(fedgate_bin: str, fed: Federation, planning
     with pytest.raises(ChainError) as c:
         planning.exchange(chain, ANALYTICS, ["billing:read"])
     assert c.value.reason == "scope_escalation"
+
+
+def test_an_internal_chain_may_not_leave_the_domain(fedgate_bin: str, fed: Federation, planning: Gateway) -> None:
+    """A chain that went planning → vendor's analytics agent → back to planning, without a
+    crossing: `Chain.extend` refuses the first step (broken_link); signed by hand, the gateway
+    refuses the chain with the same reason (spec-notes 18)."""
+    held = Chain.parse(_chain(fedgate_bin, fed, "e2e-leak"), svid=planning.svid)
+    with pytest.raises(ChainError) as e:
+        held.extend(ANALYTICS, "analytics:run")
+    assert e.value.reason == "broken_link"
+    last = held.last
+    leak = LinkClaims(
+        iss=PLANNING, sub=ANALYTICS, sub_type="agent", dlg=PLANNING, scope=("analytics:run",), task=last.task,
+        iat=last.iat, exp=last.exp, prev=held.links[-1].hash, jti=random_id(),
+    )
+    p = planning.svid
+    out = Chain.parse(f"{held.raw}~{sign_link(leak, p.signing_key, x5c=p.x5c)}")
+    ve = fed.vendor.domain.dir
+    back = out.bind(load_svid(ve / "agents/analytics/a1.pem", ve / "agents/analytics/a1.key")).extend(PLANNING, "analytics:run")
+    with pytest.raises(CrossingDenied) as d:
+        planning.egress("POST", "/analytics/x", ANALYTICS, ["analytics:run"], back)
+    assert (d.value.reason, d.value.status) == ("broken_link", 401)
 
 
 def test_the_gateway_must_be_the_expected_spiffe_id(fedgate_bin: str, fed: Federation, planning: Gateway) -> None:

@@ -204,3 +204,78 @@ def test_chain_parse_errors(held: Chain) -> None:
             Chain.parse(raw)
         assert e.value.reason == reason
     assert Chain.parse(f"  {held.raw}\n") == held
+
+
+def test_extend_refuses_a_link_that_would_end_before_it_starts(company: Domain, fedgate_bin: str, tmp_path: Path) -> None:
+    # The held link was issued 20 s ahead of this clock (within the skew): iat = max(now, last
+    # iat) = now + 20, and a 10 s ttl would give exp = now + 10 <= iat.
+    now = int(time.time())
+    planning = company.agent("planning/p1")
+    c = issue_grant(company.key("idp"), "spiffe://company.com/idp", "x@company.com", PLANNING, "a:*", "t", now=now + 20).bind(planning)
+    e = _refused(lambda: c.extend(INVENTORY, "a:b", ttl=10, now=now), "malformed")
+    assert "too short" in e.message
+    # What it would have signed is what the gateway refuses.
+    from fedgate_agent import LinkClaims, random_id, sign_link
+
+    last = c.last
+    bad = LinkClaims(
+        iss=PLANNING, sub=INVENTORY, sub_type="agent", dlg=PLANNING, scope=("a:b",), task="t",
+        iat=now + 20, exp=now + 10, prev=link_hash(c.links[-1].compact), jti=random_id(),
+    )
+    raw = f"{c.raw}~{sign_link(bad, planning.signing_key, x5c=planning.x5c)}"
+    assert last.iat == now + 20
+    got = binary_verify(fedgate_bin, company.bundles_dir, raw, tmp_path)
+    assert (got["reason"], got["link"]) == ("malformed", 2), got
+    # A ttl that leaves the link a moment to live is signed.
+    assert c.extend(INVENTORY, "a:b", ttl=21, now=now).last.exp == now + 21
+
+
+def test_extend_refuses_a_delegate_of_another_domain(held: Chain, vendor: Domain) -> None:
+    """Internal chains stay internal (spec-notes 18): a gateway refuses, at egress and token
+    exchange, a chain with an agent of another domain, so the SDK does not sign one."""
+    e = _refused(lambda: held.extend("spiffe://vendor.example/agent/analytics/a1", "cloud:read"), "broken_link")
+    assert "only through a crossing" in e.message
+    assert vendor.td == "vendor.example"
+
+
+def test_sdk_errors_are_typed(held: Chain, company: Domain, tmp_path: Path) -> None:
+    from fedgate_agent import (
+        ConfigError,
+        FedgateError,
+        LinkClaims,
+        Policy,
+        ScopeError,
+        ScopeSet,
+        SigningKey,
+        random_id,
+        sign_link,
+    )
+
+    for kw in ({"max_links": 100}, {"max_links": 0}, {"skew": 301}, {"skew": -1}):
+        with pytest.raises(ConfigError):
+            Policy(**kw)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError):
+            held.verify(company.bundles_dir, **kw)  # type: ignore[arg-type]
+    with pytest.raises(ChainError) as e:
+        issue_grant(company.key("idp"), "spiffe://company.com/idp", "x@y", PLANNING, "a", "t", ttl="5 minutes")
+    assert e.value.reason == "malformed"
+    with pytest.raises(ConfigError):
+        SigningKey.from_file(tmp_path / "missing.key")
+    with pytest.raises(ScopeError):
+        ScopeSet("a:b")  # type: ignore[arg-type]
+    # A held chain whose last scope is not a scope list: Chain.parse does not check scopes
+    # (verify does, in rule order), but everything that reads them raises a ChainError.
+    last = held.last
+    odd = LinkClaims(
+        iss=PLANNING, sub=INVENTORY, sub_type="agent", dlg=PLANNING, scope=("not a scope!",),
+        task=last.task, iat=last.iat, exp=last.exp, prev=link_hash(held.links[-1].compact), jti=random_id(),
+    )
+    planning = company.agent("planning/p1")
+    c = Chain.parse(f"{held.raw}~{sign_link(odd, planning.signing_key, x5c=planning.x5c)}", svid=company.agent("inventory/i1"))
+    with pytest.raises(ChainError) as e2:
+        c.scope
+    assert (e2.value.reason, e2.value.link) == ("malformed", 2)
+    _refused(lambda: c.extend(PLANNING, "a"), "malformed")
+    assert "not a scope!" in repr(c)
+    for err in (e.value, e2.value):
+        assert isinstance(err, FedgateError)

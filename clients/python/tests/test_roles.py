@@ -1,10 +1,10 @@
 """Key roles (`fedgate_role`): a human grant and the IdP's human→agent link verify only with an
 `idp` key, a crossing link only with a `gateway` key of the issuer's domain; another role (or
-none) is `wrong_signer`, an unknown kid `unknown_key`. Bundles without any role fall back to
-today's rule (any key of the issuer's domain).
+none, or an unknown one) is `wrong_signer`, an unknown kid `unknown_key` — with no fallback for
+bundles without any role, as `gateway/src/spiffe/bundle.rs` `jwt_key`.
 
-Where the binary writes roles itself (`fedgate init` puts `fedgate_role` in the bundle), it is
-asked too and must agree; a binary from before roles is only checked on the fallback cases."""
+Every case is also given to `fedgate chain verify --json`, and the SDK must report the same
+reason at the same link."""
 
 from __future__ import annotations
 
@@ -23,10 +23,6 @@ ROLES = {"idp": "idp", "gateway": "gateway", "audit": "audit"}
 @pytest.fixture(scope="module")
 def kit(company: Domain) -> Kit:
     return Kit.of(company)
-
-
-def binary_has_roles(company: Domain) -> bool:
-    return "fedgate_role" in (company.bundles_dir / "company.com.json").read_text()
 
 
 def _crossing(k: Kit, key) -> str:  # type: ignore[no-untyped-def]
@@ -51,6 +47,14 @@ def _reason(raw: str, bundles: Path) -> tuple[str | None, int | None]:
     return None, None
 
 
+def _agree(fedgate_bin: str, raw: str, bundles: Path, tmp: Path) -> tuple[str | None, int | None]:
+    """The SDK's verdict, after checking that the binary's is the same."""
+    ours = _reason(raw, bundles)
+    got = binary_verify(fedgate_bin, bundles, raw, tmp)
+    assert (got["reason"], got["link"]) == ours, (got, ours)
+    return ours
+
+
 def test_with_roles(kit: Kit, tmp_path: Path, fedgate_bin: str, company: Domain) -> None:
     b = with_roles(kit.co, tmp_path / "roles", ROLES)
     assert load_bundles(b)["company.com"].has_roles
@@ -70,34 +74,42 @@ def test_with_roles(kit: Kit, tmp_path: Path, fedgate_bin: str, company: Domain)
         (kit.kid(kit.l0(iss="spiffe://company.com/hr"), kit.idp), ("bad_root", 0)),
     ]
     for raw, want in cases:
-        assert _reason(raw, b) == want
-        if binary_has_roles(company):
-            got = binary_verify(fedgate_bin, b, raw, tmp_path)
-            assert (got["reason"], got["link"]) == want, got
+        assert _agree(fedgate_bin, raw, b, tmp_path) == want
 
 
-def test_a_key_without_a_role_signs_nothing(kit: Kit, tmp_path: Path) -> None:
+def test_a_key_without_a_role_signs_nothing(kit: Kit, tmp_path: Path, fedgate_bin: str) -> None:
     b = with_roles(kit.co, tmp_path / "partial", {"idp": None, "gateway": "gateway", "audit": "audit"})
-    assert _reason(_grant_signed_by(kit, kit.idp), b) == ("wrong_signer", 0)
+    assert _agree(fedgate_bin, _grant_signed_by(kit, kit.idp), b, tmp_path) == ("wrong_signer", 0)
     unknown = with_roles(kit.co, tmp_path / "unknown", {"idp": "admin", "gateway": "gateway"})
-    assert _reason(_grant_signed_by(kit, kit.idp), unknown) == ("wrong_signer", 0)
+    assert _agree(fedgate_bin, _grant_signed_by(kit, kit.idp), unknown, tmp_path) == ("wrong_signer", 0)
 
 
-def test_unknown_kid_is_unknown_key(kit: Kit, tmp_path: Path) -> None:
+def test_unknown_kid_is_unknown_key(kit: Kit, tmp_path: Path, fedgate_bin: str) -> None:
     from fedgate_agent import SigningKey
 
     b = with_roles(kit.co, tmp_path / "r", ROLES)
-    assert _reason(_grant_signed_by(kit, SigningKey.generate()), b) == ("unknown_key", 0)
+    raw = _grant_signed_by(kit, SigningKey.generate())
+    assert _agree(fedgate_bin, raw, b, tmp_path) == ("unknown_key", 0)
+    none = with_roles(kit.co, tmp_path / "none", {"idp": None, "gateway": None, "audit": None})
+    assert _agree(fedgate_bin, raw, none, tmp_path) == ("unknown_key", 0)
 
 
-def test_bundles_without_roles_fall_back(kit: Kit, tmp_path: Path, fedgate_bin: str, company: Domain) -> None:
+def test_bundles_without_roles_verify_nothing(kit: Kit, tmp_path: Path, fedgate_bin: str) -> None:
+    """A bundle written before key roles (no `fedgate_role` on any key): no key verifies any
+    link — no fallback to "any key of the issuer's domain" (spec-notes 34)."""
     none = with_roles(kit.co, tmp_path / "none", {"idp": None, "gateway": None, "audit": None})
     assert not load_bundles(none)["company.com"].has_roles
-    # Any key of the issuer's domain, as a gateway from before roles accepts.
-    for raw in (_grant_signed_by(kit, kit.gateway), _crossing(kit, kit.idp), _grant_signed_by(kit, kit.idp)):
-        assert _reason(raw, none) == (None, None)
-        if not binary_has_roles(company):
-            assert binary_verify(fedgate_bin, none, raw, tmp_path)["valid"]
+    cases = [
+        _grant_signed_by(kit, kit.idp),
+        _grant_signed_by(kit, kit.gateway),
+        _crossing(kit, kit.idp),
+        _crossing(kit, kit.co.key("audit")),
+        _crossing(kit, kit.gateway),
+    ]
+    for raw in cases:
+        assert _agree(fedgate_bin, raw, none, tmp_path) == ("wrong_signer", 0)
+    with pytest.raises(ChainError, match="fedgate bundle assign-roles"):
+        verify_chain(cases[0], load_bundles(none))
 
 
 def test_agent_links_are_x5c_whatever_the_roles(kit: Kit, tmp_path: Path) -> None:

@@ -284,6 +284,35 @@ def test_revocations(kit: Kit) -> None:
         assert (e.value.reason, e.value.link) == ("revoked", link)
 
 
+def test_revocations_of_a_crossing_rooted_chain(kit: Kit, fedgate_bin: str, tmp_path: Path) -> None:
+    """As `gateway/src/chain/verify.rs` `revoked`: the crossing, its foreign actor, the
+    disclosed principal (`prn`) and the task are looked up under the sending domain."""
+    foreign = "spiffe://vendor.example/agent/analytics/a1"
+    c0 = kit.l0(
+        iss=GATEWAY, sub=INVENTORY, sub_type="agent", dlg=foreign, prev="x", crossing="cx-1", dep=2,
+        prn="anon:pseudonym", agr="a@sha256:00",
+    )
+    s0 = kit.kid(c0, kit.gateway)
+    c1 = kit.next(c0, s0, iss=INVENTORY, sub=PLANNING)
+    raw = f"{s0}~{kit.x5c(c1, kit.inventory)}"
+    assert verify_chain(raw, kit.co.bundles).holder == PLANNING
+    assert binary_verify(fedgate_bin, kit.co.bundles_dir, raw, tmp_path)["valid"]
+    cases = [
+        (("vendor.example", "jti", "cx-1"), 0),
+        (("vendor.example", "agent", foreign), 0),
+        (("vendor.example", "principal", "anon:pseudonym"), 0),
+        (("vendor.example", "task", "t1"), 0),
+        (("company.com", "agent", PLANNING), 1),
+    ]
+    for entry, link in cases:
+        with pytest.raises(ChainError) as e:
+            verify_chain(raw, kit.co.bundles, revoked=lambda d, k, v, entry=entry: (d, k, v) == entry)
+        assert (e.value.reason, e.value.link) == ("revoked", link), entry
+    # A value is revoked only under the domain that owns it: the principal as disclosed by
+    # vendor.example is not company.com's to revoke.
+    verify_chain(raw, kit.co.bundles, revoked=lambda d, k, v: (d, k, v) == ("company.com", "principal", "anon:pseudonym"))
+
+
 def test_verify_at_a_time(kit: Kit) -> None:
     raw = "~".join(kit.base()[0])
     with pytest.raises(ChainError) as e:

@@ -73,9 +73,16 @@ fn instant(issues: &mut Issues, path: &str, dt: &toml::value::Datetime) -> Optio
     }
 }
 
-/// Response headers a route may not let through: credentials, hop-by-hop, and the ones the
-/// gateway sets or consumes itself.
+/// Response headers a route may not let through (besides every hop-by-hop and identity or
+/// routing header): credentials, framing, headers that would redirect or pin the agent's client
+/// to another origin, and the ones the gateway sets or consumes itself.
 const NEVER_ALLOWED: &[&str] = &[
+    "content-length",
+    "content-encoding",
+    "content-digest",
+    "alt-svc",
+    "strict-transport-security",
+    "proxy-connection",
     "set-cookie",
     "set-cookie2",
     "authorization",
@@ -140,7 +147,13 @@ fn response_rules(
     for (i, h) in d.allow_headers.iter().enumerate() {
         let lower = h.to_ascii_lowercase();
         match http::HeaderName::from_bytes(lower.as_bytes()) {
-            Ok(_) if NEVER_ALLOWED.contains(&lower.as_str()) || lower.starts_with("fedgate-") => {
+            Ok(_)
+                if NEVER_ALLOWED.contains(&lower.as_str())
+                    || crate::hygiene::is_hop_by_hop(&lower)
+                    || crate::hygiene::is_forwarding(&lower)
+                    || lower.contains('_')
+                    || lower.starts_with("fedgate-") =>
+            {
                 issues.add(
                     format!("{path}.allow_headers[{i}]"),
                     format!("{h} never crosses back to an agent"),
@@ -149,6 +162,13 @@ fn response_rules(
             Ok(_) => r.allow_headers.push(lower),
             Err(_) => issues.add(format!("{path}.allow_headers[{i}]"), "not a header name"),
         }
+    }
+    r.stream = d.stream;
+    if d.stream && d.schema.is_some() {
+        issues.add(
+            format!("{path}.stream"),
+            "a streamed answer cannot be checked against a schema (it reaches the agent before it ends)",
+        );
     }
     if let Some(s) = &d.schema {
         match serde_json::to_value(s)

@@ -116,13 +116,16 @@ pub const MAX_RESPONSE_LIST: usize = 64;
 /// Rules for a partner's responses on a route, enforced by the sending gateway: allowed
 /// content types (empty: any), the largest body (else the gateway's
 /// `[limits] max_response_bytes`), extra response headers let through (besides the standard
-/// allow-list), and an optional JSON Schema for JSON bodies.
+/// allow-list), an optional JSON Schema for JSON bodies, and whether answers may be streamed
+/// to the agent before they are verified (`stream`; otherwise every answer is read whole and
+/// checked first).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResponseRules {
     pub content_types: Vec<String>,
     pub max_bytes: Option<usize>,
     pub allow_headers: Vec<String>,
     pub schema: Option<Schema>,
+    pub stream: bool,
 }
 
 /// A compiled JSON Schema (draft from its `$schema`, 2020-12 by default; no remote references).
@@ -440,6 +443,8 @@ struct ResponseDoc {
     allow_headers: Vec<String>,
     #[serde(default)]
     schema: Option<toml::Value>,
+    #[serde(default)]
+    stream: bool,
 }
 
 #[cfg(test)]

@@ -734,3 +734,96 @@ fn routes_match_method_path_and_scope() {
         .route_for("POST", "/analytics/run", &set(&["pii:customers:read"]))
         .is_none());
 }
+
+/// Response rules (issue 23): every mistake at its key path, the good form parsed.
+#[test]
+fn response_rules_lint_at_their_paths() {
+    let with = |rules: &str| {
+        EXAMPLE.replace(
+            "path = \"/analytics/*\"\nscope = \"analytics:*\"\n",
+            &format!("path = \"/analytics/*\"\nscope = \"analytics:*\"\n[flows.routes.response]\n{rules}\n"),
+        )
+    };
+    let good = Agreement::parse(&with(
+        "content_types = [\"application/json\"]\nmax_bytes = 1024\nallow_headers = [\"X-Request-Id\"]\nschema = { type = \"object\" }",
+    ))
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let r = &good.flows[0].routes[0].response;
+    assert_eq!(r.content_types, ["application/json"]);
+    assert_eq!(r.max_bytes, Some(1024));
+    assert_eq!(r.allow_headers, ["x-request-id"]);
+    assert!(r.schema.is_some() && !r.stream);
+    let p = "flows[0].routes[0].response";
+    for (rules, path, needle) in [
+        (
+            "content_types = [\"Application/JSON\"]",
+            format!("{p}.content_types[0]"),
+            "lower-case",
+        ),
+        (
+            "content_types = [\"application/json; charset=utf-8\"]",
+            format!("{p}.content_types[0]"),
+            "without parameters",
+        ),
+        ("max_bytes = -1", format!("{p}.max_bytes"), "must be"),
+        ("max_bytes = 67108865", format!("{p}.max_bytes"), "must be"),
+        (
+            "allow_headers = [\"Set-Cookie\"]",
+            format!("{p}.allow_headers[0]"),
+            "never crosses",
+        ),
+        (
+            "allow_headers = [\"proxy-connection\"]",
+            format!("{p}.allow_headers[0]"),
+            "never crosses",
+        ),
+        (
+            "allow_headers = [\"content-length\"]",
+            format!("{p}.allow_headers[0]"),
+            "never crosses",
+        ),
+        (
+            "allow_headers = [\"alt-svc\"]",
+            format!("{p}.allow_headers[0]"),
+            "never crosses",
+        ),
+        (
+            "allow_headers = [\"x-forwarded-host\"]",
+            format!("{p}.allow_headers[0]"),
+            "never crosses",
+        ),
+        (
+            "allow_headers = [\"fedgate-receipt\"]",
+            format!("{p}.allow_headers[0]"),
+            "never crosses",
+        ),
+        (
+            "allow_headers = [\"x_internal\"]",
+            format!("{p}.allow_headers[0]"),
+            "never crosses",
+        ),
+        (
+            "allow_headers = [\"bad header\"]",
+            format!("{p}.allow_headers[0]"),
+            "not a header name",
+        ),
+        (
+            "schema = { type = 5 }",
+            format!("{p}.schema"),
+            "not a valid JSON Schema",
+        ),
+        (
+            "schema = { \"$ref\" = \"https://example.com/s.json\" }",
+            format!("{p}.schema"),
+            "not a valid JSON Schema",
+        ),
+        (
+            "stream = true\nschema = { type = \"object\" }",
+            format!("{p}.stream"),
+            "cannot be checked",
+        ),
+    ] {
+        let i = issues(&with(rules));
+        assert!(has(&i, &path, needle), "{rules}: {i:?}");
+    }
+}

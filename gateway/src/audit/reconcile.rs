@@ -111,6 +111,16 @@ fn partner_failed(o: Option<&&Record>) -> bool {
     })
 }
 
+/// Whether the sender refused the partner's answer on its own checks.
+fn refused_answer(o: Option<&&Record>) -> bool {
+    o.is_some_and(|o| {
+        matches!(
+            o.reason.as_deref(),
+            Some("bad_response_signature" | "response_too_large" | "response_invalid")
+        )
+    })
+}
+
 /// The token-level fields both sides record, compared.
 fn mismatched(out: &Record, inb: &Record) -> Vec<String> {
     let mut f = Vec::new();
@@ -204,26 +214,6 @@ fn one_direction(
     for out in outs {
         seen_out.insert(out.crossing.as_str());
         let c = Some(out.crossing.clone());
-        // The sender refused the partner's answer (bad signature, too large, invalid): the
-        // partner misbehaved, whatever its own log says.
-        if let Some(o) = outcomes.get(out.crossing.as_str()) {
-            if matches!(
-                o.reason.as_deref(),
-                Some("bad_response_signature" | "response_too_large" | "response_invalid")
-            ) {
-                findings.push(Finding {
-                    kind: "response_refused",
-                    direction: dir.clone(),
-                    crossing: c,
-                    fields: vec![],
-                    detail: format!(
-                        "{xd} refused {yd}'s answer ({})",
-                        o.reason.as_deref().unwrap_or("")
-                    ),
-                });
-                continue;
-            }
-        }
         let Some(ins) = inbound.get(out.crossing.as_str()) else {
             let (kind, detail) = if out.mode.as_deref() == Some("token_exchange") {
                 let expired = match (out.token_exp, y_latest) {
@@ -245,6 +235,15 @@ fn one_direction(
                         "a token issued for direct use has not been presented yet".to_string(),
                     )
                 }
+            } else if refused_answer(outcomes.get(out.crossing.as_str())) {
+                let why = outcomes
+                    .get(out.crossing.as_str())
+                    .and_then(|o| o.reason.as_deref())
+                    .unwrap_or("");
+                (
+                    "response_refused",
+                    format!("{yd} has no record of it, yet answered, and {xd} refused the answer ({why})"),
+                )
             } else if partner_failed(outcomes.get(out.crossing.as_str())) {
                 (
                     "failed",
@@ -322,6 +321,22 @@ fn one_direction(
                 .get(out.crossing.as_str())
                 .and_then(|o| o.receipt.as_deref())
             {
+                // The partner allowed it, and the sender refused its answer (bad signature, too
+                // large, invalid): the partner's upstream acted, the agent got nothing.
+                None if refused_answer(outcomes.get(out.crossing.as_str())) => {
+                    let why = outcomes
+                        .get(out.crossing.as_str())
+                        .and_then(|o| o.reason.as_deref())
+                        .unwrap_or("");
+                    findings.push(Finding {
+                        kind: "response_refused",
+                        direction: dir.clone(),
+                        crossing: c,
+                        fields: vec![],
+                        detail: format!("{yd} allowed it, and {xd} refused its answer ({why})"),
+                    });
+                    continue;
+                }
                 None if partner_failed(outcomes.get(out.crossing.as_str())) => {
                     findings.push(Finding {
                         kind: "unanswered",
@@ -379,6 +394,24 @@ fn one_direction(
                         }
                     }
                 }
+            }
+        }
+        // The sender verified an answer: the receiver must have logged what it sent.
+        if let (Some(got), Some(r)) = (
+            outcomes
+                .get(out.crossing.as_str())
+                .and_then(|r| r.response_digest.as_deref()),
+            answered.get(out.crossing.as_str()),
+        ) {
+            if r.response_digest.is_none() {
+                findings.push(Finding {
+                    kind: "response_unlogged",
+                    direction: dir.clone(),
+                    crossing: c,
+                    fields: vec!["response_digest".into()],
+                    detail: format!("{xd} logged receiving {got}; {yd}'s outcome names no answer"),
+                });
+                continue;
             }
         }
         // What the receiver says it answered is what the sender received.
@@ -649,5 +682,82 @@ mod tests {
         let b = export("vendor.example", vec![early]);
         let r = run(&a, &b);
         assert_eq!(kind_of(&r, "x3"), vec!["pending"]);
+    }
+
+    fn outcome(domain: &str, direction: &str, crossing: &str, digest: Option<&str>) -> Record {
+        let mut r = Record::decision(domain, direction, crossing, true);
+        r.kind = "outcome".into();
+        r.partner = Some(
+            if domain == "company.com" {
+                "vendor.example"
+            } else {
+                "company.com"
+            }
+            .into(),
+        );
+        r.status = Some(200);
+        r.response_digest = digest.map(String::from);
+        r.time = T.into();
+        r
+    }
+
+    /// The answer's digest: both logs must hold it and agree (issue 23).
+    #[test]
+    fn response_digests_must_be_logged_and_agree() {
+        let d1 = "sha-256=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:";
+        let d2 = "sha-256=:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=:";
+        let case = |sent: Option<&str>, got: Option<&str>| {
+            let a = export(
+                "company.com",
+                vec![
+                    out("r1", "token_exchange", EXP, T),
+                    outcome("company.com", "outbound", "r1", got),
+                ],
+            );
+            let b = export(
+                "vendor.example",
+                vec![
+                    inb("r1", true, EXP, T),
+                    outcome("vendor.example", "inbound", "r1", sent),
+                ],
+            );
+            let r = run(&a, &b);
+            (
+                kind_of(&r, "r1")
+                    .into_iter()
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+                r.clean,
+            )
+        };
+        assert_eq!(
+            case(Some(d1), Some(d1)),
+            (vec!["matched".to_string()], true)
+        );
+        assert_eq!(
+            case(Some(d1), Some(d2)),
+            (vec!["response_mismatch".to_string()], false)
+        );
+        assert_eq!(
+            case(None, Some(d1)),
+            (vec!["response_unlogged".to_string()], false)
+        );
+    }
+
+    /// `response_refused` names a partner that allowed the crossing and whose answer the sender
+    /// refused; a refused answer to a crossing the partner denied is the partner's refusal.
+    #[test]
+    fn a_refused_answer_is_the_partners_only_if_it_allowed_the_crossing() {
+        let mut o = outcome("company.com", "outbound", "r2", None);
+        o.status = Some(502);
+        o.reason = Some("bad_response_signature".into());
+        let a = export("company.com", vec![out("r2", "egress", EXP, T), o]);
+        let b = export("vendor.example", vec![inb("r2", true, EXP, T)]);
+        let r = run(&a, &b);
+        assert_eq!(kind_of(&r, "r2"), vec!["response_refused"]);
+        assert!(!r.clean);
+        let b = export("vendor.example", vec![inb("r2", false, EXP, T)]);
+        let r = run(&a, &b);
+        assert_eq!(kind_of(&r, "r2"), vec!["refused"]);
     }
 }

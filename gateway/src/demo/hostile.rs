@@ -37,6 +37,32 @@ pub enum Tamper {
     /// A stream (no length) whose trailers sign other content than what was sent (`false`), or
     /// the content sent (`true`).
     Stream(bool),
+    /// A server-sent-events stream with no trailers (nothing signed).
+    StreamUnsigned,
+    /// A correctly signed server-sent-events stream of this many bytes.
+    StreamLarge(usize),
+    /// A server-sent-events stream that sends one event and never ends.
+    StreamStalled,
+    /// A 204 without a body, signed in headers (`true`) or not signed at all (`false`).
+    Bodiless(bool),
+    /// Two `Content-Type` lines; the signature covers the first.
+    DuplicateType,
+    /// A correct answer whose signature's `created` parameter is replaced by this value.
+    Created(i64),
+    /// The partner gateway's own signed denial (429 `rate_limited`), naming a crossing id of its
+    /// own (it refused before it read the token).
+    Denial,
+    /// A JSON answer without a length (chunked): trailers sign it (`true`), or there are no
+    /// trailers at all (`false`).
+    Chunked(bool),
+    /// A chunked JSON answer of this many bytes, correctly signed in trailers.
+    ChunkedLarge(usize),
+    /// The head of a correct answer only after this long.
+    SlowHead(std::time::Duration),
+    /// The head at once, then a body that never ends.
+    StalledBody,
+    /// A correctly signed answer with `Content-Encoding: gzip`.
+    Encoded,
 }
 
 struct Shared {
@@ -114,29 +140,39 @@ impl http_body::Body for Frames {
     }
 }
 
+/// How a chunked answer's trailers are.
+#[derive(Clone, Copy, PartialEq)]
+enum Trailers {
+    /// Signing what was sent.
+    Honest,
+    /// Signing other content.
+    Forged,
+    /// None at all.
+    Missing,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn answer_stream(
     s: &Shared,
     req: &Request<Body>,
     crossing: &str,
     receipt: &str,
     authorization: &str,
-    honest: bool,
+    content_type: &'static str,
+    chunks: Vec<Bytes>,
+    trailers: Trailers,
 ) -> Response<Body> {
-    let chunks = [
-        Bytes::from_static(b"data: 0\n\n"),
-        Bytes::from_static(b"data: 1\n\n"),
-    ];
     let mut all = Vec::new();
     for c in &chunks {
         all.extend_from_slice(c);
     }
-    if !honest {
+    if trailers == Trailers::Forged {
         all.extend_from_slice(b"data: forged\n\n");
     }
     let digest = httpsig::content_digest(&all);
     let c = Covered {
         status: 200,
-        content_type: "text/event-stream",
+        content_type,
         content_digest: &digest,
         crossing,
         receipt: Some(receipt),
@@ -159,17 +195,18 @@ fn answer_stream(
     }
     let mut frames: std::collections::VecDeque<http_body::Frame<Bytes>> =
         chunks.into_iter().map(http_body::Frame::data).collect();
-    frames.push_back(http_body::Frame::trailers(t));
+    if trailers != Trailers::Missing {
+        frames.push_back(http_body::Frame::trailers(t));
+    }
     let mut r = Response::new(Body::new(Frames(frames, None)));
     let h = r.headers_mut();
-    h.insert(
-        "content-type",
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        "trailer",
-        HeaderValue::from_static("content-digest, signature-input, signature"),
-    );
+    h.insert("content-type", HeaderValue::from_static(content_type));
+    if trailers != Trailers::Missing {
+        h.insert(
+            "trailer",
+            HeaderValue::from_static("content-digest, signature-input, signature"),
+        );
+    }
     if let Ok(v) = HeaderValue::from_str(receipt) {
         h.insert("fedgate-receipt", v);
     }
@@ -202,10 +239,122 @@ fn answer(s: &Shared, req: &Request<Body>) -> Response<Body> {
         },
     )
     .unwrap_or_default();
-    if let Tamper::Stream(honest) = tamper {
-        return answer_stream(s, req, &crossing, &receipt, &authorization, honest);
+    let sse = || {
+        vec![
+            Bytes::from_static(b"data: 0\n\n"),
+            Bytes::from_static(b"data: 1\n\n"),
+        ]
+    };
+    let json = || {
+        vec![
+            Bytes::from_static(b"{\"status\":\"done\","),
+            Bytes::from_static(b"\"result\":\"chunked\"}"),
+            Bytes::from_static(b"\n"),
+        ]
+    };
+    match &tamper {
+        Tamper::Stream(honest) => {
+            let t = if *honest {
+                Trailers::Honest
+            } else {
+                Trailers::Forged
+            };
+            return answer_stream(
+                s,
+                req,
+                &crossing,
+                &receipt,
+                &authorization,
+                "text/event-stream",
+                sse(),
+                t,
+            );
+        }
+        Tamper::StreamLarge(n) => {
+            let ev = Bytes::from(format!("data: {}\n\n", "x".repeat(4000)));
+            let chunks = vec![ev; n / 4008 + 1];
+            return answer_stream(
+                s,
+                req,
+                &crossing,
+                &receipt,
+                &authorization,
+                "text/event-stream",
+                chunks,
+                Trailers::Honest,
+            );
+        }
+        Tamper::StreamStalled => {
+            let mut r = Response::new(Body::new(Stalled(Some(Bytes::from_static(
+                b"data: 0\n\ndata: 1\n\n",
+            )))));
+            let h = r.headers_mut();
+            h.insert(
+                "content-type",
+                HeaderValue::from_static("text/event-stream"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&receipt) {
+                h.insert("fedgate-receipt", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&crossing) {
+                h.insert(CROSSING_HEADER, v);
+            }
+            return r;
+        }
+        Tamper::StreamUnsigned => {
+            return answer_stream(
+                s,
+                req,
+                &crossing,
+                &receipt,
+                &authorization,
+                "text/event-stream",
+                sse(),
+                Trailers::Missing,
+            );
+        }
+        Tamper::Chunked(signed) => {
+            let t = if *signed {
+                Trailers::Honest
+            } else {
+                Trailers::Missing
+            };
+            return answer_stream(
+                s,
+                req,
+                &crossing,
+                &receipt,
+                &authorization,
+                "application/json",
+                json(),
+                t,
+            );
+        }
+        Tamper::ChunkedLarge(n) => {
+            let chunks = vec![
+                Bytes::from(vec![b' '; n / 2]),
+                Bytes::from(vec![b' '; n - n / 2]),
+            ];
+            return answer_stream(
+                s,
+                req,
+                &crossing,
+                &receipt,
+                &authorization,
+                "application/json",
+                chunks,
+                Trailers::Honest,
+            );
+        }
+        Tamper::Denial => return denial(s, req, &authorization),
+        _ => {}
     }
+    let status = match tamper {
+        Tamper::Bodiless(_) => StatusCode::NO_CONTENT,
+        _ => StatusCode::OK,
+    };
     let (content_type, body): (String, Bytes) = match &tamper {
+        Tamper::Bodiless(_) => ("application/json".into(), Bytes::new()),
         Tamper::Large(n) => ("application/json".into(), Bytes::from(vec![b' '; *n])),
         Tamper::Body(t, b) => (t.clone(), Bytes::from(b.clone())),
         _ => (
@@ -219,7 +368,7 @@ fn answer(s: &Shared, req: &Request<Body>) -> Response<Body> {
     };
     let digest = httpsig::content_digest(&signed_body);
     let c = Covered {
-        status: 200,
+        status: status.as_u16(),
         content_type: &content_type,
         content_digest: &digest,
         crossing: &crossing,
@@ -248,6 +397,12 @@ fn answer(s: &Shared, req: &Request<Body>) -> Response<Body> {
     } else if let Ok(mut last) = s.last.lock() {
         *last = Some((input.clone(), sig.clone(), digest.clone(), crossing.clone()));
     }
+    if let Tamper::Created(t) = tamper {
+        if let Some(i) = input.find("created=") {
+            let end = input[i..].find(';').map_or(input.len(), |e| i + e);
+            input = format!("{}created={t}{}", &input[..i], &input[end..]);
+        }
+    }
     let mut h = HeaderMap::new();
     let mut put = |n: &str, v: &str| {
         if let (Ok(n), Ok(v)) = (
@@ -260,7 +415,10 @@ fn answer(s: &Shared, req: &Request<Body>) -> Response<Body> {
     put("content-type", &content_type);
     put("fedgate-receipt", &receipt);
     put(CROSSING_HEADER, &crossing);
-    if tamper != Tamper::NoSignature {
+    if tamper == Tamper::Encoded {
+        put("content-encoding", "gzip");
+    }
+    if tamper != Tamper::NoSignature && tamper != Tamper::Bodiless(false) {
         put("content-digest", &digest_header);
         put("signature-input", &input);
         put("signature", &sig);
@@ -270,9 +428,72 @@ fn answer(s: &Shared, req: &Request<Body>) -> Response<Body> {
             put(n, v);
         }
     }
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = StatusCode::OK;
+    if tamper == Tamper::DuplicateType {
+        h.append("content-type", HeaderValue::from_static("text/html"));
+    }
+    let body = if tamper == Tamper::StalledBody {
+        Body::new(Stalled(Some(body)))
+    } else {
+        Body::from(body)
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
     *r.headers_mut() = h;
+    r
+}
+
+/// A body that sends its first bytes and then never ends.
+struct Stalled(Option<Bytes>);
+
+impl http_body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(b) => {
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b.slice(..b.len() / 2)))))
+            }
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// The partner gateway's own denial, signed, under a crossing id it made up.
+fn denial(s: &Shared, req: &Request<Body>, authorization: &str) -> Response<Body> {
+    let crossing = crate::crypto::random_id();
+    let body = serde_json::json!({"error": "rate limited", "reason": "rate_limited", "crossing": crossing})
+        .to_string();
+    let digest = httpsig::content_digest(body.as_bytes());
+    let c = Covered {
+        status: 429,
+        content_type: "application/json",
+        content_digest: &digest,
+        crossing: &crossing,
+        receipt: None,
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query().unwrap_or(""),
+        authorization,
+        digest_in_trailer: false,
+    };
+    let (input, sig) = httpsig::sign(&s.key, &c, crate::time::now()).unwrap_or_default();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let h = r.headers_mut();
+    for (n, v) in [
+        ("content-type", "application/json".to_string()),
+        (CROSSING_HEADER, crossing.clone()),
+        ("content-digest", digest),
+        ("signature-input", input),
+        ("signature", sig),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(n, v);
+        }
+    }
     r
 }
 
@@ -321,6 +542,13 @@ pub async fn start(
                         let (parts, body) = req.into_parts();
                         let _ = http_body_util::BodyExt::collect(body).await;
                         let req = Request::from_parts(parts, Body::empty());
+                        let slow = match s.tamper.lock().map(|t| t.clone()) {
+                            Ok(Tamper::SlowHead(d)) => Some(d),
+                            _ => None,
+                        };
+                        if let Some(d) = slow {
+                            tokio::time::sleep(d).await;
+                        }
                         Ok::<_, std::convert::Infallible>(answer(&s, &req))
                     }
                 });

@@ -284,7 +284,8 @@ pub fn verify(
             "unexpected signature parameters (alg, tag or order)".into(),
         ));
     }
-    if (created - now).abs() > MAX_CLOCK_SKEW {
+    // `created` is the partner's number: no arithmetic on it may overflow.
+    if created.abs_diff(now) > MAX_CLOCK_SKEW.unsigned_abs() {
         return Err(SigError::Stale(created));
     }
     let base = signature_base(c, &canonical)?;
@@ -389,6 +390,15 @@ mod tests {
             verify(&d.bundle, &c, Some(&input), Some(&sig), now + 10_000),
             Err(SigError::Stale(_))
         ));
+        // A hostile `created` at the ends of the range is stale, never an overflow.
+        for created in [i64::MIN, i64::MAX] {
+            let forged = input.replace(&format!("created={now}"), &format!("created={created}"));
+            assert_ne!(forged, input);
+            assert!(matches!(
+                verify(&d.bundle, &c, Some(&forged), Some(&sig), now),
+                Err(SigError::Stale(_))
+            ));
+        }
         // Signed with a key of another role (the IdP's), or not in the bundle.
         let (i2, s2) = sign(&d.idp_key, &c, now).unwrap();
         assert!(matches!(

@@ -21,8 +21,12 @@ fn default_skew() -> String {
 fn default_body_limit() -> usize {
     DEFAULT_MAX_BODY_BYTES
 }
+/// A partner gateway's answer must begin (its head: time to first byte) within this: it
+/// verifies a token, writes a durable record and calls its upstream, all bounded by its own
+/// upstream timeout (10 s by default), so a partner slower than that is down, not busy.
+pub const DEFAULT_PARTNER_TIMEOUT: &str = "10s";
 fn default_partner_timeout() -> String {
-    "10s".into()
+    DEFAULT_PARTNER_TIMEOUT.into()
 }
 fn default_upstream_timeout() -> String {
     "10s".into()
@@ -776,8 +780,13 @@ impl GatewayConfig {
         let response_timeout = crate::time::parse_duration_millis(&self.limits.response_timeout)
             .map_err(|e| p.push(format!("limits.response_timeout: {e}")))
             .unwrap_or(60_000);
-        if self.limits.max_buffered_bytes < self.limits.max_body_bytes {
-            p.push("limits.max_buffered_bytes: must be at least limits.max_body_bytes".into());
+        if self.limits.max_buffered_bytes < self.limits.max_body_bytes
+            || self.limits.max_buffered_bytes < self.limits.max_response_bytes
+        {
+            p.push("limits.max_buffered_bytes: must be at least limits.max_body_bytes and limits.max_response_bytes (one body must fit)".into());
+        }
+        if partner_timeout > 0 && (response_timeout as i64) < partner_timeout.saturating_mul(1000) {
+            p.push("limits.response_timeout: must be at least limits.partner_timeout (the head comes before the end)".into());
         }
         // Files that must exist before binding.
         let must_exist = |name: &str, x: &Path, p: &mut Vec<String>| {

@@ -346,6 +346,13 @@ pub async fn token(
                 .oauth()
                 .into_response()
         }
+        Err(proxy::BodyError::TimedOut) => {
+            let m = "the request body did not arrive in time".to_string();
+            return refuse(&gw, rec, Reason::Malformed, m)
+                .await
+                .oauth()
+                .into_response();
+        }
         Err(proxy::BodyError::Read(e)) => {
             return refuse(&gw, rec, Reason::Malformed, e)
                 .await
@@ -539,20 +546,30 @@ pub async fn egress(
                 .await
                 .into_response()
         }
+        Err(proxy::BodyError::TimedOut) => {
+            let m = "the request body did not arrive in time".to_string();
+            return refuse(&gw, a.record, Reason::Malformed, m)
+                .await
+                .into_response();
+        }
     };
     // No internal credential leaves: strip them, and refuse a chain smuggled anywhere else.
-    let mut out_headers = proxy::strip_headers(&headers, &a.trust.strip_extra);
-    let markers = proxy::chain_markers(&chain);
-    if proxy::carries(&body, &markers)
-        || proxy::carries(query.as_bytes(), &markers)
-        || proxy::carries(path.as_bytes(), &markers)
-        || proxy::headers_carry(&out_headers, &markers)
-    {
-        let m = "the request carries the delegation chain outside Delegation-Chain".to_string();
-        return refuse(&gw, a.record, Reason::Malformed, m)
-            .await
-            .into_response();
-    }
+    let prepared = crate::hygiene::prepare_egress(&crate::hygiene::EgressRequest {
+        path,
+        query,
+        headers: &headers,
+        body: &body,
+        chain: &chain,
+        strip_extra: &a.trust.strip_extra,
+    });
+    let mut out_headers = match prepared {
+        Ok(h) => h,
+        Err(e) => {
+            return refuse(&gw, a.record, Reason::Malformed, e.to_string())
+                .await
+                .into_response()
+        }
+    };
     let (token, claims) = match mint(&gw, &mut a, None, now) {
         Ok(t) => t,
         Err(d) => return d.described().into_response(),
@@ -624,8 +641,13 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
     if let Some(v) = proxy::header(&authorization) {
         headers.insert(http::header::AUTHORIZATION, v);
     }
-    // A streamed answer carries its signature in trailers: ask for them.
+    // A streamed answer carries its signature in trailers: ask for them. And an answer the
+    // gateway can check: unencoded (its types and schema are about the bytes the agent reads).
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    headers.insert(
+        http::header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static("identity"),
+    );
     // What the partner's signed answer must cover: this very request.
     let route_path = uri
         .path()
@@ -639,7 +661,21 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
         .and_then(|f| f.route_for(method.as_str(), &route_path, &a.decision.granted))
         .map(|r| r.response.clone())
         .unwrap_or_default();
+    let mut outcome = base_record(&gw, "outbound", &crossing, true);
+    outcome.kind = "outcome".into();
+    outcome.mode = Some("egress".into());
+    outcome.ref_seq = Some(decision_seq);
+    outcome.partner = Some(partner.trust_domain.to_string());
+    outcome.agreement = a.record.agreement.clone();
+    outcome.source = a.record.source.clone();
+    outcome.target = a.record.target.clone();
+    outcome.txn = a.record.txn.clone();
     let Some(partner_bundle) = a.trust.bundles.get(&partner.trust_domain).cloned() else {
+        // After the allow record, every way out writes an outcome.
+        let mut outcome = outcome;
+        outcome.status = Some(Reason::UnknownDomain.http_status());
+        outcome.reason = Some(Reason::UnknownDomain.code().into());
+        let _ = append(&gw, outcome).await;
         return Denial::new(Reason::UnknownDomain, "no partner bundle", &crossing)
             .described()
             .into_response();
@@ -651,7 +687,11 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
         query: uri.query().unwrap_or("").to_string(),
         authorization,
         partner: partner_bundle,
-        max_bytes: rules.max_bytes.unwrap_or(gw.cfg.max_response_bytes),
+        // The agreement may lower the local limit, never raise it.
+        max_bytes: rules
+            .max_bytes
+            .unwrap_or(gw.cfg.max_response_bytes)
+            .min(gw.cfg.max_response_bytes),
         rules,
         deadline: tokio::time::Instant::now() + gw.cfg.response_timeout,
     };
@@ -661,15 +701,6 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
     *req.headers_mut() = std::mem::take(headers);
     let timeout = std::time::Duration::from_secs(gw.cfg.partner_timeout as u64);
     let result = tokio::time::timeout(timeout, client.request(req)).await;
-    let mut outcome = base_record(&gw, "outbound", &crossing, true);
-    outcome.kind = "outcome".into();
-    outcome.mode = Some("egress".into());
-    outcome.ref_seq = Some(decision_seq);
-    outcome.partner = Some(partner.trust_domain.to_string());
-    outcome.agreement = a.record.agreement.clone();
-    outcome.source = a.record.source.clone();
-    outcome.target = a.record.target.clone();
-    outcome.txn = a.record.txn.clone();
     outcome.latency_ms = Some(started.elapsed().as_millis() as u64);
     let resp = match result {
         Ok(Ok(r)) => r,

@@ -22,63 +22,10 @@ use crate::federation::{verify_token, TokenContext, VerifiedToken};
 use crate::reason::Reason;
 use crate::scope::ScopeSet;
 
-/// Longest request path accepted at ingress.
-pub const MAX_PATH_BYTES: usize = 2048;
+pub use crate::hygiene::{path_problem, MAX_PATH_BYTES};
 
 async fn refuse(gw: &Gateway, rec: Record, reason: Reason, message: String) -> Response {
     super::deny(gw, rec, reason, message).await.into_response()
-}
-
-/// Why a request path cannot be matched against routes without ambiguity, or `None` when it
-/// can. The accepted form is one that every upstream reads the same way: no dot segments, no
-/// empty segments, no backslashes, no `;` path parameters (Tomcat, Spring and Jetty cut a path
-/// at `;` or resolve `..;/`), no control characters, and percent-escapes only for bytes that
-/// must be escaped (never for unreserved characters, `/`, `\`, `.`, `%` or `;`, so no
-/// double-encoding and no second spelling of the same path). The path is matched and
-/// forwarded exactly as received.
-pub fn path_problem(p: &str) -> Option<&'static str> {
-    if !p.starts_with('/') {
-        return Some("the path must start with /");
-    }
-    if p.len() > MAX_PATH_BYTES {
-        return Some("the path is too long");
-    }
-    if p.contains("//") {
-        return Some("empty path segment");
-    }
-    if p.split('/').any(|s| s == "." || s == "..") {
-        return Some("dot segment");
-    }
-    let b = p.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        match c {
-            b'%' => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
-                    return Some("bad percent-escape");
-                };
-                let must_not_escape = v.is_ascii_alphanumeric()
-                    || matches!(v, b'-' | b'.' | b'_' | b'~' | b'/' | b'\\' | b'%' | b';');
-                if must_not_escape || v < 0x20 || v == 0x7f {
-                    return Some("percent-escape of a character that must appear as itself");
-                }
-                i += 3;
-                continue;
-            }
-            b';' => return Some("path parameters (;) are not accepted"),
-            b'\\' => return Some("backslash in the path"),
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => {}
-            b'-' | b'.' | b'_' | b'~' | b'/' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*'
-            | b'+' | b',' | b'=' | b':' | b'@' => {}
-            _ => return Some("a character that must be percent-encoded"),
-        }
-        i += 1;
-    }
-    None
 }
 
 fn fill_from_token(rec: &mut Record, t: &crate::federation::FederationClaims) {
@@ -381,13 +328,18 @@ pub async fn ingress(
 
         // Forward with the crossing link as the only credential, and the gateway's own view
         // of where the request came from.
-        let mut out_headers = proxy::strip_headers(&headers, &trust.strip_ingress);
-        if let Some(v) = proxy::header(&link) {
-            out_headers.insert("delegation-chain", v);
-        }
-        if let Some(v) = proxy::header(&format!("for=\"{}\";proto=https", conn.remote)) {
-            out_headers.insert(http::header::FORWARDED, v);
-        }
+        let Some(out_headers) =
+            crate::hygiene::prepare_ingress(&headers, &trust.strip_ingress, &link, conn.remote)
+        else {
+            outcome.status = Some(502);
+            let _ = append(&gw, outcome).await;
+            return Denial::new(
+                Reason::Malformed,
+                "the crossing link is not a header value",
+                &rec.crossing,
+            )
+            .into_response();
+        };
         let mut req = http::Request::new(proxy::without_trailers(proxy::limit_body(
             body,
             gw.cfg.max_body_bytes,
@@ -430,7 +382,7 @@ pub async fn ingress(
         let mut out = Response::new(proxy::limit_body(incoming, gw.cfg.max_body_bytes));
         *out.status_mut() = parts.status;
         // The upstream's cookies and our own headers never leave with the answer.
-        let mut h = proxy::strip_response_headers(&parts.headers);
+        let mut h = crate::hygiene::strip_response_headers(&parts.headers);
         h.remove(http::header::SET_COOKIE);
         h.remove("set-cookie2");
         h.remove("delegation-chain");
@@ -587,47 +539,4 @@ pub async fn revocations(
         axum::Json(serde_json::json!({"accepted": true, "applied": applied == "applied", "result": applied, "jti": claims.jti})),
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn canonical_paths() {
-        for ok in [
-            "/analytics/run",
-            "/a",
-            "/a/b.c/d-e",
-            "/a/%20b",
-            "/caf%C3%A9",
-            "/a:b@c/x,y",
-        ] {
-            assert_eq!(super::path_problem(ok), None, "{ok}");
-        }
-        for bad in [
-            "",
-            "a",
-            "//x",
-            "/a/../b",
-            "/a/./b",
-            "/a/..",
-            "/a%2fb",
-            "/a%2E%2e/b",
-            "/a\\b",
-            "/x%00",
-            "/analytics/..;/admin",
-            "/analytics;jsessionid=1/x",
-            "/%252e%252e/admin",
-            "/a%25",
-            "/%61nalytics",
-            "/a%3bb",
-            "/a%5cb",
-            "/a%zz",
-            "/a%4",
-            "/a b",
-            "/a\u{7f}",
-            "/é",
-        ] {
-            assert!(super::path_problem(bad).is_some(), "{bad}");
-        }
-    }
 }

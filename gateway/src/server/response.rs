@@ -5,11 +5,14 @@
 //! rules (content types, size, JSON Schema), lets only an allow-list of headers through, and
 //! records the digest of what it received, so the two logs can be compared.
 //!
-//! A body with a known length is read whole (within the limit and the time limit), checked,
-//! then delivered. A streamed body (no length, or server-sent events) is passed on as it comes,
-//! one chunk behind: the signature and digest arrive in trailers, and the last chunk is
-//! released only once they verify; if they do not, the stream is cut with an error, so the
-//! agent never sees a complete body that was not signed.
+//! The signer signs a body with a known length (or none: 204, 304, HEAD) in headers, and a body
+//! without a length (chunked, server-sent events) in trailers once it has been sent. The
+//! verifier reads every answer whole — within the size limit, the time limit and the shared
+//! buffering budget — and checks it before the agent gets a byte, unless the route says
+//! `stream = true`: then the answer passes on as it comes, one chunk behind, and the last chunk
+//! is released only once the trailers verify (otherwise the stream is cut with an error, so the
+//! agent never sees a complete body that was not signed). The partner cannot choose streaming:
+//! only the agreement can.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use std::future::Future as _;
 
 use http_body::{Frame, SizeHint};
@@ -43,16 +46,30 @@ pub struct PendingOutcome(pub Record);
 const TRAILERS: &str = "content-digest, signature-input, signature";
 /// Content type given to a response that has none (the signature covers it).
 const DEFAULT_TYPE: &str = "application/octet-stream";
+/// The largest answer without a receipt the sender accepts: such an answer is the partner
+/// gateway's own denial (`{"error","reason","crossing"}`), a few hundred bytes.
+pub const MAX_DENIAL_BYTES: usize = 16 * 1024;
+/// Fields a signature covers or carries: each must appear at most once (RFC 9421 would join
+/// repeated lines, and a second line the signer never saw must not reach the agent) and be
+/// visible ASCII.
+const SINGLE: &[&str] = &[
+    "content-type",
+    "content-digest",
+    "content-encoding",
+    "signature",
+    "signature-input",
+    "fedgate-receipt",
+    CROSSING_HEADER,
+];
 
 /// Response headers a partner may send on to the agent (besides a route's `allow_headers`):
 /// representation metadata and caching, nothing that sets state in the agent (cookies),
-/// authenticates, routes, or describes the partner's internals.
+/// authenticates, routes, or describes the partner's internals. `Content-Digest` is the
+/// sender's own (of what it verified), never the partner's.
 const ALLOWED: &[&str] = &[
     "content-type",
-    "content-encoding",
     "content-language",
     "content-disposition",
-    "content-digest",
     "cache-control",
     "etag",
     "expires",
@@ -64,7 +81,16 @@ const ALLOWED: &[&str] = &[
     CROSSING_HEADER,
 ];
 
-fn is_streamed(h: &HeaderMap) -> bool {
+/// A response that cannot have a body (RFC 9110 section 6.4.1): signed and checked in headers
+/// with the digest of the empty body.
+fn bodiless(status: StatusCode, head: bool) -> bool {
+    head || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// Whether the signer sends the body as a stream (signed in trailers).
+fn unbounded(h: &HeaderMap) -> bool {
     let sse = h
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -77,6 +103,30 @@ fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(String::from)
 }
 
+/// Every field of `SINGLE` appears at most once, as visible ASCII.
+fn single_fields(h: &HeaderMap) -> Result<(), String> {
+    for n in SINGLE {
+        let mut values = h.get_all(*n).iter();
+        if let Some(v) = values.next() {
+            if values.next().is_some() {
+                return Err(format!("{n} appears more than once"));
+            }
+            if v.to_str().is_err() {
+                return Err(format!("{n} is not visible ASCII"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn base_type(ct: &str) -> String {
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 // ---- the receiving side ----
 
 /// The request values a response signature covers, captured before the handler runs.
@@ -86,6 +136,7 @@ struct Answering {
     path: String,
     query: String,
     authorization: String,
+    head: bool,
 }
 
 /// Middleware on `/ingress`: signs the handler's response (any response to an authenticated
@@ -101,6 +152,7 @@ pub async fn sign_ingress(State(gw): State<Arc<Gateway>>, req: Request, next: Ne
         path: req.uri().path().to_string(),
         query: req.uri().query().unwrap_or("").to_string(),
         authorization: header_str(req.headers(), "authorization").unwrap_or_default(),
+        head: req.method() == http::Method::HEAD,
     };
     let mut resp = next.run(req).await;
     let pending = resp.extensions_mut().remove::<PendingOutcome>();
@@ -109,49 +161,83 @@ pub async fn sign_ingress(State(gw): State<Arc<Gateway>>, req: Request, next: Ne
     if !authenticated {
         return resp;
     }
+    let crossing = header_str(resp.headers(), CROSSING_HEADER).unwrap_or_default();
+    // The upstream's answer must be one the signature can describe: one content type, in
+    // visible ASCII. Anything else is replaced by a signed denial.
+    if let Err(why) = single_fields(resp.headers()) {
+        let why = format!("the upstream's answer is ambiguous: {why}");
+        return signed_denial(
+            &gw,
+            &answering,
+            &crossing,
+            pending,
+            Reason::PartnerUnavailable,
+            &why,
+        )
+        .await;
+    }
     if !resp.headers().contains_key(http::header::CONTENT_TYPE) {
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static(DEFAULT_TYPE),
         );
     }
-    if is_streamed(resp.headers()) {
+    if !bodiless(resp.status(), answering.head) && unbounded(resp.headers()) {
         return sign_streamed(gw, answering, resp, pending);
     }
     let (mut parts, body) = resp.into_parts();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(gw.cfg.upstream_timeout as u64),
-        super::proxy::read_body(body, gw.cfg.max_body_bytes),
-    )
-    .await;
-    let bytes = match read {
-        Ok(Ok(b)) => b,
-        failure => {
-            let why = match failure {
-                Ok(Err(super::proxy::BodyError::TooLarge)) => "the upstream's answer is too large",
-                _ => "the upstream's answer did not arrive whole",
-            };
-            let crossing = header_str(&parts.headers, CROSSING_HEADER).unwrap_or_default();
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_secs(gw.cfg.upstream_timeout as u64);
+    match super::proxy::read_whole(body, gw.cfg.max_body_bytes, deadline, &gw.buffer_budget).await {
+        Ok(w) => {
             if let Some(PendingOutcome(mut o)) = pending {
-                o.status = Some(502);
-                o.reason = Some(Reason::PartnerUnavailable.code().into());
+                o.response_digest = Some(httpsig::content_digest(&w.bytes));
                 super::append_later(&gw, o);
             }
-            let d = Denial::new(Reason::PartnerUnavailable, why, &crossing).into_response();
-            // The replacement is signed like any other answer (as a denial: no receipt).
-            let (p2, b2) = d.into_parts();
-            let bytes = super::proxy::read_body(b2, 64 * 1024)
-                .await
-                .unwrap_or_default();
-            return sign_buffered(&gw, &answering, p2, bytes);
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            sign_buffered(&gw, &answering, parts, w.bytes, w.permit)
         }
-    };
-    if let Some(PendingOutcome(mut o)) = pending {
-        o.response_digest = Some(httpsig::content_digest(&bytes));
-        super::append_later(&gw, o);
+        Err(e) => {
+            let (reason, why) = match e {
+                super::proxy::BodyError::TooLarge => {
+                    (Reason::TooLarge, "the upstream's answer is too large")
+                }
+                super::proxy::BodyError::Busy => (
+                    Reason::RateLimited,
+                    "the gateway is buffering too many answers; retry later",
+                ),
+                _ => (
+                    Reason::PartnerUnavailable,
+                    "the upstream's answer did not arrive whole",
+                ),
+            };
+            signed_denial(&gw, &answering, &crossing, pending, reason, why).await
+        }
     }
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    sign_buffered(&gw, &answering, parts, bytes)
+}
+
+/// Replaces an answer the gateway cannot pass on by its own signed denial, and records the
+/// outcome with the denial's status, reason and digest (what was really sent).
+async fn signed_denial(
+    gw: &Arc<Gateway>,
+    a: &Answering,
+    crossing: &str,
+    pending: Option<PendingOutcome>,
+    reason: Reason,
+    why: &str,
+) -> Response {
+    let d = Denial::new(reason, why, crossing).into_response();
+    let (p, b) = d.into_parts();
+    let bytes = super::proxy::read_body(b, MAX_DENIAL_BYTES)
+        .await
+        .unwrap_or_default();
+    if let Some(PendingOutcome(mut o)) = pending {
+        o.status = Some(p.status.as_u16());
+        o.reason = Some(reason.code().into());
+        o.response_digest = Some(httpsig::content_digest(&bytes));
+        super::append_later(gw, o);
+    }
+    sign_buffered(gw, a, p, bytes, None)
 }
 
 fn sign_buffered(
@@ -159,6 +245,7 @@ fn sign_buffered(
     a: &Answering,
     mut parts: http::response::Parts,
     body: Bytes,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Response {
     let digest = httpsig::content_digest(&body);
     let crossing = header_str(&parts.headers, CROSSING_HEADER).unwrap_or_default();
@@ -191,7 +278,7 @@ fn sign_buffered(
         }
         Err(e) => tracing::error!(error = %e, "cannot sign a response"),
     }
-    Response::from_parts(parts, Body::from(body))
+    Response::from_parts(parts, super::proxy::body_holding(body, permit))
 }
 
 fn sign_streamed(
@@ -222,8 +309,17 @@ fn sign_streamed(
     Response::from_parts(parts, Body::new(s))
 }
 
+fn running_digest(h: &aws_lc_rs::digest::Context) -> String {
+    let d = h.clone().finish();
+    let mut raw = [0u8; 32];
+    raw.copy_from_slice(d.as_ref());
+    httpsig::digest_value(&raw)
+}
+
 /// A streamed response being signed: passes data on, hashes it, and ends with trailers
-/// carrying the digest and the signature.
+/// carrying the digest and the signature. Its outcome record is appended however the stream
+/// ends: with the trailers, on an error (with its reason), or when dropped early (the sender
+/// went away: 499), each time with the digest of what was sent.
 struct SigningBody {
     inner: Body,
     hasher: aws_lc_rs::digest::Context,
@@ -241,10 +337,7 @@ struct SigningBody {
 
 impl SigningBody {
     fn trailers(&mut self) -> HeaderMap {
-        let d = self.hasher.clone().finish();
-        let mut raw = [0u8; 32];
-        raw.copy_from_slice(d.as_ref());
-        let digest = httpsig::digest_value(&raw);
+        let digest = running_digest(&self.hasher);
         let a = &self.answering;
         let c = Covered {
             status: self.status,
@@ -272,11 +365,28 @@ impl SigningBody {
             }
             Err(e) => tracing::error!(error = %e, "cannot sign a streamed response"),
         }
+        self.record(None, None);
+        t
+    }
+
+    /// Appends the outcome (once): `status` overrides what was sent (499: the sender left).
+    fn record(&mut self, reason: Option<Reason>, status: Option<u16>) {
         if let Some(PendingOutcome(mut o)) = self.pending.take() {
-            o.response_digest = Some(digest);
+            o.response_digest = Some(running_digest(&self.hasher));
+            if let Some(r) = reason {
+                o.reason = Some(r.code().into());
+            }
+            if let Some(s) = status {
+                o.status = Some(s);
+            }
             super::append_later(&self.gw, o);
         }
-        t
+    }
+}
+
+impl Drop for SigningBody {
+    fn drop(&mut self) {
+        self.record(None, Some(499));
     }
 }
 
@@ -299,6 +409,7 @@ impl http_body::Body for SigningBody {
                         self.seen += d.len();
                         if self.seen > self.limit {
                             self.done = true;
+                            self.record(Some(Reason::TooLarge), Some(502));
                             return Poll::Ready(Some(Err(axum::Error::new(
                                 "the upstream's stream is larger than the limit",
                             ))));
@@ -311,6 +422,7 @@ impl http_body::Body for SigningBody {
                 },
                 Poll::Ready(Some(Err(e))) => {
                     self.done = true;
+                    self.record(Some(Reason::PartnerUnavailable), Some(502));
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {
@@ -344,12 +456,35 @@ pub struct Expected {
     pub authorization: String,
     pub partner: Arc<Bundle>,
     pub rules: ResponseRules,
+    /// The route's `max_bytes`, never above the gateway's own `[limits] max_response_bytes`.
     pub max_bytes: usize,
     pub deadline: tokio::time::Instant,
 }
 
 /// Why a partner's response is refused.
 type Refusal = (Reason, String);
+
+/// The outcome record of a crossing whose answer is being checked: appended exactly once,
+/// with the verdict, or — if the check is abandoned (the agent went away, a panic) — with 499.
+struct Pending {
+    gw: Arc<Gateway>,
+    record: Option<Record>,
+}
+
+impl Pending {
+    fn take(&mut self) -> Record {
+        self.record.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut o) = self.record.take() {
+            o.status = Some(499);
+            super::append_later(&self.gw, o);
+        }
+    }
+}
 
 /// Checks a partner's response and builds the agent's; completes and appends `outcome`
 /// (status, reason, response digest) once the verdict is known.
@@ -359,24 +494,64 @@ pub async fn deliver(
     resp: http::Response<hyper::body::Incoming>,
     outcome: Record,
 ) -> Response {
+    let mut pending = Pending {
+        gw: gw.clone(),
+        record: Some(outcome),
+    };
     let (parts, body) = resp.into_parts();
-    if let Some(ct) = header_str(&parts.headers, "content-type") {
-        if !e.rules.allows_type(&ct) {
-            let m = format!("content type {ct} is not allowed on this route");
-            return refuse(&gw, &e, outcome, Reason::ResponseInvalid, m, None);
-        }
-    } else if !e.rules.content_types.is_empty() {
-        let m = "no content type, and the route allows only some".to_string();
-        return refuse(&gw, &e, outcome, Reason::ResponseInvalid, m, None);
+    macro_rules! refuse {
+        ($reason:expr, $msg:expr, $digest:expr) => {
+            return refuse(&gw, &e, pending.take(), $reason, $msg, $digest)
+        };
     }
-    // The same rule as the signer's: a known length is read whole and signed in headers; no
-    // length (or an event stream) is streamed and signed in trailers.
-    if is_streamed(&parts.headers) {
-        if e.rules.schema.is_some() {
-            let m = "a streamed response cannot be checked against the route's schema".to_string();
-            return refuse(&gw, &e, outcome, Reason::ResponseInvalid, m, None);
+    if let Err(m) = single_fields(&parts.headers) {
+        refuse!(Reason::BadResponseSignature, m, None);
+    }
+    let Some(ct) = header_str(&parts.headers, "content-type") else {
+        // The honest signer always sends one (the signature covers it).
+        refuse!(
+            Reason::BadResponseSignature,
+            "the answer has no Content-Type".into(),
+            None
+        );
+    };
+    if let Some(enc) = header_str(&parts.headers, "content-encoding") {
+        if !enc.trim().eq_ignore_ascii_case("identity") {
+            let m = format!("the answer is encoded ({enc}); fedgate asks partners for identity");
+            refuse!(Reason::ResponseInvalid, m, None);
         }
-        return deliver_streamed(gw, e, parts, body, outcome);
+    }
+    // An answer with a receipt is the partner's upstream speaking, under the route's rules; one
+    // without is the partner gateway's own denial, which has one shape.
+    let answer = parts.headers.contains_key("fedgate-receipt");
+    let bodiless = bodiless(parts.status, e.method == "HEAD");
+    let (rules, limit) = if answer {
+        // A type describes a body: an answer without one (204, 304, HEAD) has none to check.
+        if !bodiless && !e.rules.allows_type(&ct) {
+            let m = format!("content type {ct} is not allowed on this route");
+            refuse!(Reason::ResponseInvalid, m, None);
+        }
+        (e.rules.clone(), e.max_bytes)
+    } else {
+        if parts.status.as_u16() < 400 || base_type(&ct) != "application/json" {
+            let m = format!(
+                "an answer without a receipt must be the partner gateway's denial (JSON, 4xx or 5xx), not {} {ct}",
+                parts.status.as_u16()
+            );
+            refuse!(Reason::ResponseInvalid, m, None);
+        }
+        (
+            ResponseRules::default(),
+            MAX_DENIAL_BYTES.min(e.max_bytes.max(1)),
+        )
+    };
+    if answer
+        && rules.stream
+        && !bodiless
+        && parts.headers.get(http::header::CONTENT_LENGTH).is_none()
+    {
+        let o = pending.take();
+        return deliver_streamed(gw, e, parts, body, o);
     }
     // Refuse what is too large before reading it.
     if let Some(n) = parts
@@ -385,96 +560,110 @@ pub async fn deliver(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
     {
-        if n > e.max_bytes {
-            let m = format!("{n} bytes, more than the {} allowed", e.max_bytes);
-            return refuse(&gw, &e, outcome, Reason::ResponseTooLarge, m, None);
+        if n > limit && !bodiless {
+            let m = format!("{n} bytes, more than the {limit} allowed");
+            refuse!(Reason::ResponseTooLarge, m, None);
         }
     }
-    let read = tokio::time::timeout_at(
-        e.deadline,
-        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, e.max_bytes)),
-    )
-    .await;
-    let bytes = match read {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(x))
-            if x.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            let m = format!("more than the {} bytes allowed", e.max_bytes);
-            return refuse(&gw, &e, outcome, Reason::ResponseTooLarge, m, None);
+    let read = super::proxy::read_whole(body, limit, e.deadline, &gw.buffer_budget).await;
+    let whole = match read {
+        Ok(w) => w,
+        Err(super::proxy::BodyError::TooLarge) => {
+            refuse!(
+                Reason::ResponseTooLarge,
+                format!("more than the {limit} bytes allowed"),
+                None
+            );
         }
-        Ok(Err(x)) => {
-            let m = format!("the partner's answer broke off: {x}");
-            return refuse(&gw, &e, outcome, Reason::PartnerUnavailable, m, None);
+        Err(super::proxy::BodyError::Busy) => {
+            let m = "the gateway is buffering too many answers; the partner's answer was dropped"
+                .to_string();
+            refuse!(Reason::RateLimited, m, None);
         }
-        Err(_) => {
+        Err(super::proxy::BodyError::TimedOut) => {
             let m = "the partner's answer did not arrive in time".to_string();
-            return refuse(&gw, &e, outcome, Reason::PartnerUnavailable, m, None);
+            refuse!(Reason::PartnerUnavailable, m, None);
+        }
+        Err(super::proxy::BodyError::Read(x)) => {
+            let m = format!("the partner's answer broke off: {x}");
+            refuse!(Reason::PartnerUnavailable, m, None);
         }
     };
-    let digest = httpsig::content_digest(&bytes);
-    if let Err((r, m)) = check_signature(&e, &parts, &parts.headers, &digest, false) {
-        return refuse(&gw, &e, outcome, r, m, Some(digest));
+    let digest = httpsig::content_digest(&whole.bytes);
+    // The signature travels in headers (a body with a length, or none) or in trailers (a
+    // chunked body), never in both.
+    let in_headers = parts.headers.contains_key("signature-input");
+    let checked = match (&whole.trailers, in_headers) {
+        (Some(t), true) if t.contains_key("signature-input") || t.contains_key("signature") => {
+            Err((
+                Reason::BadResponseSignature,
+                "signature fields in both headers and trailers".to_string(),
+            ))
+        }
+        (Some(t), false) => single_fields(t)
+            .map_err(|m| (Reason::BadResponseSignature, format!("trailers: {m}")))
+            .and_then(|_| check_signature(&e, &parts, t, &digest, true, answer)),
+        _ => check_signature(&e, &parts, &parts.headers, &digest, false, answer),
+    };
+    if let Err((r, m)) = checked {
+        refuse!(r, m, Some(digest));
     }
-    if let Some(schema) = &e.rules.schema {
-        let json: Result<serde_json::Value, _> = serde_json::from_slice(&bytes);
+    if let Some(schema) = &rules.schema {
+        let json: Result<serde_json::Value, _> = serde_json::from_slice(&whole.bytes);
         let verdict = match json {
             Ok(v) => schema.check(&v),
             Err(x) => Err(format!("not JSON: {x}")),
         };
         if let Err(m) = verdict {
-            return refuse(
-                &gw,
-                &e,
-                outcome,
+            refuse!(
                 Reason::ResponseInvalid,
                 format!("the body breaks the route's schema: {m}"),
-                Some(digest),
+                Some(digest)
             );
         }
     }
-    let mut o = outcome;
+    let mut o = pending.take();
     o.status = Some(parts.status.as_u16());
-    o.response_digest = Some(digest);
+    o.response_digest = Some(digest.clone());
     finish_outcome(&gw, o, &parts.headers, &e);
-    let mut out = Response::new(Body::from(bytes));
+    let mut headers = agent_headers(&parts.headers, &rules);
+    if let Ok(v) = HeaderValue::from_str(&digest) {
+        headers.insert("content-digest", v);
+    }
+    let mut out = Response::new(super::proxy::body_holding(whole.bytes, whole.permit));
     *out.status_mut() = parts.status;
-    *out.headers_mut() = agent_headers(&parts.headers, &e.rules);
+    *out.headers_mut() = headers;
     out
 }
 
 /// Verifies the partner's signature: over `digest` (what we computed) with the signature
-/// fields from `fields` (headers, or trailers for a stream).
+/// fields from `fields` (headers, or trailers for a stream). An answer (with a receipt) must
+/// name this crossing; a denial may name another id (the partner gateway refused before it
+/// read the token), since the signature covers our own request and token either way.
 fn check_signature(
     e: &Expected,
     parts: &http::response::Parts,
     fields: &HeaderMap,
     digest: &str,
     in_trailer: bool,
+    answer: bool,
 ) -> Result<(), Refusal> {
     let sent = header_str(fields, "content-digest").unwrap_or_default();
-    match (
-        httpsig::parse_content_digest(&sent),
-        httpsig::parse_content_digest(digest),
-    ) {
-        (Some(a), Some(b)) if crate::crypto::ct_eq(&a, &b) => {}
-        (None, _) => {
-            return Err((
-                Reason::BadResponseSignature,
-                "no Content-Digest for the body".into(),
-            ))
-        }
-        _ => {
-            return Err((
-                Reason::BadResponseSignature,
-                "the body does not match its Content-Digest".into(),
-            ))
-        }
+    if sent.is_empty() {
+        return Err((
+            Reason::BadResponseSignature,
+            "no Content-Digest for the body".into(),
+        ));
+    }
+    if !crate::crypto::ct_eq(sent.as_bytes(), digest.as_bytes()) {
+        return Err((
+            Reason::BadResponseSignature,
+            "the body does not match its Content-Digest".into(),
+        ));
     }
     let content_type = header_str(&parts.headers, "content-type").unwrap_or_default();
     let crossing = header_str(&parts.headers, CROSSING_HEADER).unwrap_or_default();
-    if crossing != e.crossing {
+    if answer && crossing != e.crossing {
         return Err((
             Reason::BadResponseSignature,
             format!("the answer names crossing {crossing:?}, not this one"),
@@ -485,7 +674,7 @@ fn check_signature(
         status: parts.status.as_u16(),
         content_type: &content_type,
         content_digest: digest,
-        crossing: &e.crossing,
+        crossing: &crossing,
         receipt: receipt.as_deref(),
         method: &e.method,
         path: &e.path,
@@ -503,11 +692,16 @@ fn check_signature(
     .map_err(|x| (Reason::BadResponseSignature, x.to_string()))
 }
 
-/// The headers the agent gets: the allow-list and the route's extras, nothing else.
+/// The headers the agent gets: the allow-list and the route's extras, less anything the
+/// partner's `Connection` names; nothing else.
 pub fn agent_headers(partner: &HeaderMap, rules: &ResponseRules) -> HeaderMap {
+    let named = crate::hygiene::connection_named(partner);
     let mut out = HeaderMap::with_capacity(partner.len());
     for (name, value) in partner.iter() {
         let n = name.as_str();
+        if named.contains(n.as_bytes()) {
+            continue;
+        }
         if ALLOWED.contains(&n) || rules.allow_headers.iter().any(|a| a == n) {
             out.append(name.clone(), value.clone());
         }
@@ -536,7 +730,6 @@ fn refuse(
         .described()
         .into_response()
 }
-
 /// Keeps the partner's receipt (verified) in the outcome record and appends it.
 fn finish_outcome(gw: &Arc<Gateway>, mut o: Record, headers: &HeaderMap, e: &Expected) {
     if let Some(receipt) = header_str(headers, "fedgate-receipt") {
@@ -559,6 +752,8 @@ fn deliver_streamed(
     body: hyper::body::Incoming,
     outcome: Record,
 ) -> Response {
+    // The partner's digest is not passed on: the agent gets a stream that is checked at its
+    // end, and no digest we have not verified.
     let headers = agent_headers(&parts.headers, &e.rules);
     let status = parts.status;
     let v = VerifyingBody {
@@ -621,10 +816,7 @@ impl VerifyingBody {
     }
 
     fn digest(&self) -> String {
-        let d = self.hasher.clone().finish();
-        let mut raw = [0u8; 32];
-        raw.copy_from_slice(d.as_ref());
-        httpsig::digest_value(&raw)
+        running_digest(&self.hasher)
     }
 }
 
@@ -689,9 +881,19 @@ impl http_body::Body for VerifyingBody {
                     };
                     let digest = self.digest();
                     let Some(parts) = self.parts.take() else {
-                        continue;
+                        let m = "a second trailer section".to_string();
+                        return Poll::Ready(Some(Err(self.fail(
+                            Reason::BadResponseSignature,
+                            m,
+                            Some(digest),
+                        ))));
                     };
-                    match check_signature(&self.expected, &parts, &trailers, &digest, true) {
+                    let checked = single_fields(&trailers)
+                        .map_err(|m| (Reason::BadResponseSignature, format!("trailers: {m}")))
+                        .and_then(|_| {
+                            check_signature(&self.expected, &parts, &trailers, &digest, true, true)
+                        });
+                    match checked {
                         Ok(()) => {
                             if let Some(mut o) = self.outcome.take() {
                                 o.status = Some(parts.status.as_u16());
@@ -736,5 +938,73 @@ impl Drop for VerifyingBody {
             o.status = Some(499);
             super::append_later(&self.gw, o);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_agent_gets_only_the_allow_list_less_what_connection_names() {
+        let partner = hm(&[
+            ("connection", "cache-control, x-request-id"),
+            ("cache-control", "no-store"),
+            ("x-request-id", "r1"),
+            ("etag", "\"v1\""),
+            ("set-cookie", "s=1"),
+            ("content-digest", "sha-256=:AAAA:"),
+            ("content-encoding", "gzip"),
+            ("x-internal-debug", "secret"),
+            ("alt-svc", "h3=\":443\""),
+        ]);
+        let rules = ResponseRules {
+            allow_headers: vec!["x-request-id".into()],
+            ..Default::default()
+        };
+        let out = agent_headers(&partner, &rules);
+        assert_eq!(
+            out.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["etag"]
+        );
+    }
+
+    #[test]
+    fn covered_fields_must_be_single_and_visible_ascii() {
+        assert!(single_fields(&hm(&[("content-type", "application/json")])).is_ok());
+        assert!(single_fields(&hm(&[
+            ("content-type", "application/json"),
+            ("content-type", "text/html")
+        ]))
+        .is_err());
+        assert!(
+            single_fields(&hm(&[("fedgate-crossing", "a"), ("fedgate-crossing", "b")])).is_err()
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            HeaderValue::from_bytes(b"application/json\xe9").unwrap(),
+        );
+        assert!(single_fields(&h).is_err());
+    }
+
+    #[test]
+    fn bodiless_statuses() {
+        assert!(bodiless(StatusCode::NO_CONTENT, false));
+        assert!(bodiless(StatusCode::NOT_MODIFIED, false));
+        assert!(bodiless(StatusCode::OK, true));
+        assert!(!bodiless(StatusCode::OK, false));
+        assert!(!bodiless(StatusCode::NOT_FOUND, false));
     }
 }

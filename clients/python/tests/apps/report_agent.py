@@ -1,5 +1,7 @@
 """company.com's report agent for the end-to-end test: a bare ASGI app (no framework) behind
-FedgateMiddleware, answering with what the crossing link told it."""
+FedgateMiddleware, answering with what the crossing link told it. On `/reports/refused-here` it
+answers 409 with a body shaped like a gateway denial: its own answer, which its gateway marks
+with a receipt, so the calling agent's SDK must hand it back as a response."""
 
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ async def report(scope, receive, send):
         if not msg.get("more_body"):
             break
     ctx = crossing_of(scope)
+    if scope["path"] == "/reports/refused-here":
+        no = json.dumps({"error": "not today", "reason": "rule_denied", "crossing": "made-up"}).encode()
+        await send({"type": "http.response.start", "status": 409, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": no})
+        return
     out = json.dumps(
         {
             "service": "company reports",
