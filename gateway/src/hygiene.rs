@@ -144,6 +144,59 @@ pub fn strip_response_headers(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Longest value of any one request header but `Delegation-Chain` (which may carry a whole
+/// chain, `chain::MAX_CHAIN_BYTES`): tokens, certificates-in-headers and cookies fit in
+/// 8 KiB, the limit nginx and most proxies apply per header line.
+pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+
+/// Why a request's framing or head is refused before any handler sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FramingProblem {
+    /// The body's length is ambiguous (request smuggling): reason `malformed`, 400.
+    #[error("ambiguous message framing: {0}")]
+    Ambiguous(&'static str),
+    /// One header is larger than its limit: reason `too_large`, 431.
+    #[error("header {0} is larger than {1} bytes")]
+    TooLarge(String, usize),
+}
+
+/// Whether a request head is one every hop reads the same way: at most one `Content-Length`,
+/// never both `Content-Length` and `Transfer-Encoding`, `Transfer-Encoding` only `chunked`,
+/// and no header longer than its limit.
+pub fn framing_problem(h: &HeaderMap) -> Option<FramingProblem> {
+    let cl = h.get_all(http::header::CONTENT_LENGTH).iter().count();
+    let te: Vec<&HeaderValue> = h.get_all(http::header::TRANSFER_ENCODING).iter().collect();
+    if cl > 1 {
+        return Some(FramingProblem::Ambiguous("more than one Content-Length"));
+    }
+    if cl == 1 && !te.is_empty() {
+        return Some(FramingProblem::Ambiguous(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if te.len() > 1
+        || te
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Some(FramingProblem::Ambiguous(
+            "a Transfer-Encoding other than chunked",
+        ));
+    }
+    for (n, v) in h {
+        let limit = if n.as_str() == "delegation-chain" {
+            crate::chain::MAX_CHAIN_BYTES
+        } else {
+            MAX_HEADER_VALUE_BYTES
+        };
+        if v.len() > limit {
+            return Some(FramingProblem::TooLarge(n.as_str().to_string(), limit));
+        }
+    }
+    None
+}
+
 /// Markers shorter than this are not searched for: a short string would be found in innocent
 /// data, and every link and signature of a real chain is far longer.
 const MIN_MARKER: usize = 24;
@@ -548,6 +601,38 @@ mod tests {
         // A long innocent base64 body is not a hit.
         let innocent = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 4096]);
         assert!(!m.found_in(innocent.as_bytes()));
+    }
+
+    #[test]
+    fn ambiguous_framing_and_oversized_headers() {
+        assert_eq!(framing_problem(&hm(&[("content-length", "2")])), None);
+        assert_eq!(
+            framing_problem(&hm(&[("transfer-encoding", "chunked")])),
+            None
+        );
+        for bad in [
+            vec![("content-length", "2"), ("content-length", "2")],
+            vec![("content-length", "2"), ("transfer-encoding", "chunked")],
+            vec![("transfer-encoding", "gzip, chunked")],
+            vec![
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ] {
+            assert!(
+                matches!(
+                    framing_problem(&hm(&bad)),
+                    Some(FramingProblem::Ambiguous(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let big = "a".repeat(MAX_HEADER_VALUE_BYTES + 1);
+        assert!(matches!(
+            framing_problem(&hm(&[("x-big", &big)])),
+            Some(FramingProblem::TooLarge(..))
+        ));
+        assert_eq!(framing_problem(&hm(&[("delegation-chain", &big)])), None);
     }
 
     #[test]

@@ -79,7 +79,9 @@ pub fn format_rfc3339_millis(ms: i64) -> String {
 /// that need a positive value check it themselves.
 pub fn parse_duration(s: &str) -> Result<i64, TimeError> {
     let bad = || TimeError::BadDuration(s.to_string());
-    if s.is_empty() || s.len() > MAX_DURATION_CHARS {
+    // ASCII only, so the split below is on a character boundary (found by fuzzing: a
+    // multi-byte last character panicked).
+    if s.is_empty() || s.len() > MAX_DURATION_CHARS || !s.is_ascii() {
         return Err(bad());
     }
     let (num, unit) = s.split_at(s.len() - 1);
@@ -171,8 +173,12 @@ mod tests {
             "5w",
             "1h30m",
             "99999999999999999999d",
+            "1M\u{2d2}",
+            "1\u{e9}",
+            "\u{e9}",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+            assert!(parse_duration_millis(bad).is_err(), "{bad}");
         }
         assert_eq!(format_duration(900), "15m");
         assert_eq!(format_duration(61), "61s");

@@ -34,6 +34,8 @@ pub struct ConnCounts {
     pub evicted: u64,
     /// TLS handshakes that failed (no, or an unacceptable, client certificate; timeouts).
     pub tls_failed: u64,
+    /// Requests refused for ambiguous framing or an oversized header.
+    pub framing_refused: u64,
 }
 
 #[derive(Default)]
@@ -53,6 +55,7 @@ pub struct Tracker {
     pools: Mutex<Pools>,
     next: AtomicU64,
     tls_failed: AtomicU64,
+    framing_failed: AtomicU64,
     /// Where refusals before authentication are side-logged, and the listener's name.
     refusals: Mutex<Option<(Arc<super::refusals::RefusalLog>, &'static str)>>,
 }
@@ -73,6 +76,7 @@ impl Tracker {
             pools: Mutex::new(Pools::default()),
             next: AtomicU64::new(0),
             tls_failed: AtomicU64::new(0),
+            framing_failed: AtomicU64::new(0),
             refusals: Mutex::new(None),
         })
     }
@@ -104,6 +108,34 @@ impl Tracker {
         }
     }
 
+    /// A request refused for its framing or head: counted and side-logged (not audited: no
+    /// handler has read it).
+    fn framing_refused(
+        &self,
+        remote: SocketAddr,
+        peer: Option<String>,
+        p: &crate::hygiene::FramingProblem,
+    ) {
+        self.framing_failed.fetch_add(1, Ordering::Relaxed);
+        let Ok(r) = self.refusals.lock() else {
+            return;
+        };
+        if let Some((log, name)) = r.as_ref() {
+            log.record(super::refusals::Refusal {
+                time: crate::time::format_rfc3339_millis(crate::time::now_millis()),
+                listener: name,
+                remote: remote.to_string(),
+                peer,
+                reason: match p {
+                    crate::hygiene::FramingProblem::TooLarge(..) => "too_large",
+                    _ => "malformed",
+                },
+                message: p.to_string(),
+                suppressed: 0,
+            });
+        }
+    }
+
     pub fn counts(&self) -> ConnCounts {
         match self.pools.lock() {
             Ok(p) => ConnCounts {
@@ -112,6 +144,7 @@ impl Tracker {
                 refused: p.refused,
                 evicted: p.evicted,
                 tls_failed: self.tls_failed.load(Ordering::Relaxed),
+                framing_refused: self.framing_failed.load(Ordering::Relaxed),
             },
             Err(_) => ConnCounts::default(),
         }
@@ -264,6 +297,31 @@ impl http_body::Body for Guarded {
     }
 }
 
+/// The answer to a request refused for its framing: 400 `malformed` or 431 `too_large`, and
+/// the connection closes after it.
+fn framing_denial(p: &crate::hygiene::FramingProblem) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (reason, status) = match p {
+        crate::hygiene::FramingProblem::TooLarge(..) => (
+            crate::reason::Reason::TooLarge,
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ),
+        _ => (
+            crate::reason::Reason::Malformed,
+            http::StatusCode::BAD_REQUEST,
+        ),
+    };
+    let mut r = super::deny::Denial::new(reason, p.to_string(), &crate::crypto::random_id())
+        .described()
+        .into_response();
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    r
+}
+
 fn http_builder(
     limits: &ConnLimits,
 ) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
@@ -278,10 +336,21 @@ fn http_builder(
         .max_concurrent_streams(limits.h2_max_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(limits.h2_keepalive)
-        .keep_alive_timeout(Duration::from_secs(10))
-        .max_pending_accept_reset_streams(20);
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS));
     b
 }
+
+/// An HTTP/2 keep-alive ping unanswered this long ends the connection (a peer that went away
+/// without a FIN).
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams a client opened and reset before the gateway accepted them: more than this and the
+/// connection is closed (the HTTP/2 "rapid reset" flood, CVE-2023-44487; hyper's default).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the gateway had to reset because the client misbehaved (bad headers, flow-control
+/// errors) before the connection is closed: a peer that keeps provoking errors is not a peer.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 
 /// Serves `router` on `listener` with TLS until `shutdown` flips, then lets open connections
 /// finish (bounded by the caller).
@@ -375,12 +444,22 @@ async fn serve_one(
     let activity = Arc::new(Activity::default());
     let started = Instant::now();
     let act = activity.clone();
+    let trk = tracker.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         act.in_flight.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(act.clone(), started);
+        // Ambiguous framing or an oversized header: refused before any handler, and the
+        // connection closed (its next bytes cannot be trusted to start a request).
+        let refused = crate::hygiene::framing_problem(req.headers()).map(|p| {
+            trk.framing_refused(remote, info.peer.as_ref().map(|p| p.id.to_string()), &p);
+            framing_denial(&p)
+        });
         req.extensions_mut().insert(info.clone());
         let r = router.clone();
         async move {
+            if let Some(resp) = refused {
+                return Ok(resp);
+            }
             let resp = tower::ServiceExt::oneshot(r, req).await;
             // The request is in flight until its response body has been sent (a long stream,
             // e.g. server-sent events, is not idleness).
@@ -472,7 +551,8 @@ mod tests {
                 unauthenticated: 0,
                 refused: 0,
                 evicted: 2,
-                tls_failed: 0
+                tls_failed: 0,
+                framing_refused: 0,
             }
         );
     }

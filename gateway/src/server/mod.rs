@@ -297,11 +297,27 @@ async fn not_found() -> (http::StatusCode, axum::Json<serde_json::Value>) {
     )
 }
 
+/// What a caller may put in place of the defaults.
+#[derive(Default, Clone)]
+pub struct StartOptions {
+    /// The audit log writer's file operations (tests inject faults: `store::io::FaultIo`).
+    pub log_io: Option<Arc<dyn crate::store::io::LogIo>>,
+}
+
 /// Loads keys, trust, the audit log and state, and starts the listeners and lifecycle tasks.
 /// Every problem is reported before any port accepts a connection.
 pub async fn start(
     cfg: config::Validated,
     listeners: Option<Listeners>,
+) -> Result<Running, Vec<String>> {
+    start_with(cfg, listeners, StartOptions::default()).await
+}
+
+/// [`start`] with [`StartOptions`].
+pub async fn start_with(
+    cfg: config::Validated,
+    listeners: Option<Listeners>,
+    opts: StartOptions,
 ) -> Result<Running, Vec<String>> {
     crate::crypto::install_provider();
     let one = |e: String| vec![e];
@@ -376,13 +392,16 @@ pub async fn start(
     // Each replica has its own log (and origin), so no two writers share one.
     let origin =
         crate::audit::checkpoint::origin_for(cfg.trust_domain.as_str(), cfg.replica.as_deref());
-    let (log, recovery) = AuditLog::open_with_origin(
-        &cfg.data_dir.join("audit"),
+    let audit_dir = cfg.data_dir.join("audit");
+    let (log, recovery) = AuditLog::open_with_io(
+        &audit_dir,
         cfg.trust_domain.as_str(),
         &origin,
         audit_key,
+        opts.log_io
+            .unwrap_or_else(|| Arc::new(crate::store::io::FsIo)),
     )
-    .map_err(|e| one(e.to_string()))?;
+    .map_err(|e| one(format!("{}: {e}", audit_dir.display())))?;
     if recovery.truncated_bytes > 0 {
         tracing::warn!(
             bytes = recovery.truncated_bytes,

@@ -10,7 +10,11 @@
 //! segment really runs past the end of the file (or the file ends in zeros a crash left
 //! there); an implausible length or a bad checksum with bytes after it is damage, not a torn
 //! write. Nothing covered by the signed checkpoint is ever cut. If a write or sync fails, the
-//! log stops accepting appends (`audit_unavailable`) rather than continue past a gap.
+//! log stops accepting appends (`audit_unavailable`) rather than continue past a gap: the
+//! partial bytes are cut off, and the writer tries again every `RECOVER_INTERVAL` — reopen the
+//! segment, cut it back to the last durable length, sync, sign a checkpoint — and accepts
+//! appends again once that works (space came back). The writer's file operations go through
+//! `store::io::LogIo`, so tests can inject the faults.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +30,7 @@ use crate::audit::merkle::{Hash, MerkleTree};
 use crate::audit::record::{Record, MAX_RECORD_BYTES, RECORD_VERSION};
 use crate::crypto::b64url;
 use crate::jose::SigningKey;
+use crate::store::io::{FsIo, LogIo, SegmentFile};
 
 /// A segment is closed and a new one started past this size: bounded files are easier to
 /// copy, archive and scan.
@@ -36,6 +41,9 @@ pub const MAX_BATCH: usize = 4096;
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// Frame header: length and CRC-32.
 const FRAME_HEADER: usize = 8;
+/// After a failed write, the writer tries to recover this often (a disk that filled up is
+/// usually freed by an operator or a log rotation within seconds to minutes).
+pub const RECOVER_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -329,6 +337,18 @@ impl AuditLog {
         origin: &str,
         key: SigningKey,
     ) -> Result<(AuditLog, Recovery), LogError> {
+        Self::open_with_io(dir, domain, origin, key, Arc::new(FsIo))
+    }
+
+    /// [`open_with_origin`](Self::open_with_origin) with the writer's file operations going
+    /// through `io` (faults injected in tests).
+    pub fn open_with_io(
+        dir: &Path,
+        domain: &str,
+        origin: &str,
+        key: SigningKey,
+        log_io: Arc<dyn LogIo>,
+    ) -> Result<(AuditLog, Recovery), LogError> {
         fs::create_dir_all(dir).map_err(io)?;
         let origin = origin.to_string();
         let (payloads, locs, mut segs, torn) = scan(dir)?;
@@ -373,10 +393,7 @@ impl AuditLog {
         }
         if segs.is_empty() {
             let p = dir.join(segment_name(0));
-            File::create(&p).map_err(io)?.sync_all().map_err(io)?;
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
+            log_io.create_segment(&p).map_err(io)?;
             segs.push(p);
         }
         let shared = Arc::new(Shared {
@@ -400,7 +417,7 @@ impl AuditLog {
             let st = shared.state.lock().map_err(|_| LogError::Unavailable)?;
             st.tree.len().checked_sub(1).and_then(|i| st.tree.leaf(i))
         };
-        let writer = Writer::new(shared, key, last_leaf)?;
+        let writer = Writer::new(shared, key, last_leaf, log_io)?;
         std::thread::Builder::new()
             .name("fedgate-audit".into())
             .spawn(move || writer.run(rx))
@@ -613,7 +630,10 @@ pub fn export(
 struct Writer {
     shared: Arc<Shared>,
     key: SigningKey,
-    file: File,
+    log_io: Arc<dyn LogIo>,
+    /// When the writer last tried to recover from a failed write.
+    last_recovery: Instant,
+    file: Box<dyn SegmentFile>,
     segment: u32,
     seg_len: u64,
     last_leaf: Option<Hash>,
@@ -625,6 +645,7 @@ impl Writer {
         shared: Arc<Shared>,
         key: SigningKey,
         last_leaf: Option<Hash>,
+        log_io: Arc<dyn LogIo>,
     ) -> Result<Writer, LogError> {
         let (path, segment) = {
             let segs = shared.segments.lock().map_err(|_| LogError::Unavailable)?;
@@ -634,11 +655,13 @@ impl Writer {
                 .ok_or_else(|| LogError::Io("no segment".into()))?;
             (p, segs.len() as u32 - 1)
         };
-        let file = OpenOptions::new().append(true).open(&path).map_err(io)?;
-        let seg_len = file.metadata().map_err(io)?.len();
+        let file = log_io.open_append(&path).map_err(io)?;
+        let seg_len = file.size().map_err(io)?;
         Ok(Writer {
             shared,
             key,
+            log_io,
+            last_recovery: Instant::now(),
             file,
             segment,
             seg_len,
@@ -649,10 +672,23 @@ impl Writer {
 
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         loop {
-            let job = match rx.recv_timeout(CHECKPOINT_INTERVAL) {
+            let wait = if self.shared.healthy.load(Ordering::Acquire) {
+                CHECKPOINT_INTERVAL
+            } else {
+                RECOVER_INTERVAL
+            };
+            let job = rx.recv_timeout(wait);
+            if !self.shared.healthy.load(Ordering::Acquire)
+                && self.last_recovery.elapsed() >= RECOVER_INTERVAL
+            {
+                self.recover();
+            }
+            let job = match job {
                 Ok(j) => j,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.maybe_checkpoint(false);
+                    if self.shared.healthy.load(Ordering::Acquire) {
+                        self.maybe_checkpoint(false);
+                    }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -749,10 +785,11 @@ impl Writer {
             .write_all(&buf)
             .and_then(|_| self.file.sync_data());
         if let Err(e) = write {
-            tracing::error!(error = %e, "audit write failed; audit log unavailable");
+            tracing::error!(error = %e, "audit write failed; audit log unavailable until it can be written again");
             // Cut back whatever part reached the file, so the log stays a clean prefix.
             let _ = self.file.set_len(self.seg_len);
             self.shared.healthy.store(false, Ordering::Release);
+            self.last_recovery = Instant::now();
             for (tx, _) in replies {
                 let _ = tx.send(Err(LogError::Unavailable));
             }
@@ -806,15 +843,7 @@ impl Writer {
             .tree
             .len();
         let path = self.shared.dir.join(segment_name(first));
-        let f = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io)?;
-        f.sync_all().map_err(io)?;
-        if let Ok(d) = File::open(&self.shared.dir) {
-            d.sync_all().map_err(io)?;
-        }
+        let f = self.log_io.create_segment(&path).map_err(io)?;
         let mut segs = self
             .shared
             .segments
@@ -825,6 +854,59 @@ impl Writer {
         self.file = f;
         self.seg_len = 0;
         Ok(())
+    }
+
+    /// After a failed write: reopen the current segment, cut it back to the last durable
+    /// length, sync it, and sign a checkpoint (which needs room on the disk). If all of that
+    /// works, appends are accepted again.
+    fn recover(&mut self) {
+        self.last_recovery = Instant::now();
+        let path = match self.shared.segments.lock() {
+            Ok(s) => s.get(self.segment as usize).cloned(),
+            Err(_) => None,
+        };
+        let Some(path) = path else { return };
+        let attempt = (|| -> Result<Box<dyn SegmentFile>, LogError> {
+            let mut f = self.log_io.open_append(&path).map_err(io)?;
+            f.set_len(self.seg_len).map_err(io)?;
+            f.sync_data().map_err(io)?;
+            if f.size().map_err(io)? != self.seg_len {
+                return Err(LogError::Io(
+                    "the segment did not return to its length".into(),
+                ));
+            }
+            Ok(f)
+        })();
+        let f = match attempt {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e, "audit log still not writable");
+                return;
+            }
+        };
+        self.file = f;
+        // A checkpoint is a write too: the disk must take it (the current tree's, which a failed
+        // write did not change; written again if it is already signed).
+        let signed = self.shared.state.lock().ok().and_then(|st| {
+            st.checkpoint
+                .as_ref()
+                .map(|(c, t)| (c.size == st.tree.len(), t.clone()))
+        });
+        let written = match signed {
+            Some((true, text)) => self
+                .log_io
+                .replace(&checkpoint_path(&self.shared.dir), text.as_bytes())
+                .map(|_| text)
+                .map_err(io),
+            _ => self.checkpoint(),
+        };
+        match written {
+            Ok(_) => {
+                self.shared.healthy.store(true, Ordering::Release);
+                tracing::warn!("audit log writable again: appends resume");
+            }
+            Err(e) => tracing::debug!(error = %e, "audit log still not writable"),
+        }
     }
 
     fn maybe_checkpoint(&mut self, force: bool) {
@@ -868,7 +950,8 @@ impl Writer {
         let note = cp
             .sign(&self.key)
             .map_err(|e| LogError::Io(e.to_string()))?;
-        crate::files::write_atomic(&checkpoint_path(&self.shared.dir), note.as_bytes(), 0o644)
+        self.log_io
+            .replace(&checkpoint_path(&self.shared.dir), note.as_bytes())
             .map_err(io)?;
         if let Ok(mut st) = self.shared.state.lock() {
             st.checkpoint = Some((cp, note.clone()));

@@ -3,6 +3,7 @@
 //! PostgreSQL for several replicas of one domain.
 
 pub mod backend;
+pub mod io;
 pub mod log;
 pub mod postgres;
 pub mod sled;
