@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak: two gateways (company.com, vendor.example; release build) under mixed traffic for
-# MINUTES (default 30): allowed crossings, denied ones (scope beyond the agreement), token
+# MINUTES (default 30): allowed crossings, denied ones (scope beyond the chain), token
 # exchange with the token used and then replayed, revocations, reloads of both gateways every
 # two minutes, and a key rotation of company.com's gateway at a third and two thirds of the
 # run. Every minute bench/soak_driver.py samples each gateway's RSS, open file descriptors and

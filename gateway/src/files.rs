@@ -245,9 +245,11 @@ pub fn relative_to(base_file: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// Loads every `*.toml` agreement in `dir` with its `<id>.<td>.sig` files and activates it
-/// (lint clean, names `local`, both signatures valid). Any failure is reported, naming the file;
-/// callers refuse to start or to reload on problems.
+/// Loads every `*.toml` agreement in `dir` with its signature files (see [`signature_path`])
+/// and activates it (lint clean, names `local`, both signatures valid). Several versions of one
+/// id may be held (`agreement::versions`); one version twice, or versions naming other domains,
+/// are problems. Any failure is reported, naming the file; callers refuse to start or to reload
+/// on problems.
 pub fn load_agreements(
     dir: &Path,
     bundles: &BundleSet,
@@ -266,28 +268,31 @@ pub fn load_agreements(
             continue;
         }
         match load_agreement_file(&path, bundles, local) {
-            Ok(a) => {
-                if out
-                    .iter()
-                    .any(|x: &crate::agreement::Agreement| x.id == a.id)
-                {
-                    problems.push(format!(
-                        "{}: duplicate agreement id {}",
-                        path.display(),
-                        a.id
-                    ));
-                } else {
-                    out.push(a);
-                }
-            }
+            Ok(a) => out.push(a),
             Err(e) => problems.push(e),
         }
     }
+    problems.extend(crate::agreement::versions::conflicts(&out));
     if problems.is_empty() {
         Ok(out)
     } else {
         Err(problems)
     }
+}
+
+/// Where one domain's signature of the agreement in `toml` sits: `<file stem>.<td>.sig` next to
+/// it, so each version file has its own (`company-vendor.v4.toml` →
+/// `company-vendor.v4.company.com.sig`). For a file named by its id this is SPEC section 5's
+/// `<id>.<td>.sig`; a file named otherwise falls back to that name when it has no signature of
+/// its own (the layout before versions).
+pub fn signature_path(toml: &Path, id: &str, td: &str) -> PathBuf {
+    let dir = toml.parent().unwrap_or(Path::new("."));
+    let stem = toml.file_stem().and_then(|s| s.to_str()).unwrap_or(id);
+    let own = dir.join(crate::agreement::signature_file_name(stem, td));
+    if stem != id && !own.exists() {
+        return dir.join(crate::agreement::signature_file_name(id, td));
+    }
+    own
 }
 
 /// Loads and activates one agreement file; signatures are read from its directory.
@@ -298,7 +303,6 @@ pub fn load_agreement_file(
 ) -> Result<crate::agreement::Agreement, String> {
     let text = read_text_limited(path, crate::agreement::MAX_AGREEMENT_BYTES)
         .map_err(|e| e.to_string())?;
-    let dir = path.parent().unwrap_or(Path::new("."));
     let id = crate::agreement::Agreement::parse(&text)
         .map(|a| a.id)
         .map_err(|issues| {
@@ -313,8 +317,7 @@ pub fn load_agreement_file(
             )
         })?;
     let sig_of = |td: &str| -> Option<String> {
-        let p = dir.join(crate::agreement::signature_file_name(&id, td));
-        read_text_limited(&p, crate::jose::MAX_JWS_BYTES).ok()
+        read_text_limited(&signature_path(path, &id, td), crate::jose::MAX_JWS_BYTES).ok()
     };
     crate::agreement::activate(&text, &sig_of, bundles, local)
         .map_err(|e| format!("{}: {e}", path.display()))

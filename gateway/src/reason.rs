@@ -51,10 +51,15 @@ pub enum Reason {
     /// Beyond SPEC section 10: the partner's response breaks the route's response rules
     /// (content type, JSON Schema).
     ResponseInvalid,
+    /// Beyond SPEC section 10 (issue 25): the token names a version of the agreement that a
+    /// later version has superseded (HTTP 403).
+    AgreementSuperseded,
+    /// Beyond SPEC section 10 (issue 25): either party terminated the agreement (HTTP 403).
+    AgreementTerminated,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 38] = [
         Reason::Malformed,
         Reason::BadAlg,
         Reason::BadSignature,
@@ -91,6 +96,8 @@ impl Reason {
         Reason::BadResponseSignature,
         Reason::ResponseTooLarge,
         Reason::ResponseInvalid,
+        Reason::AgreementSuperseded,
+        Reason::AgreementTerminated,
     ];
 
     pub fn code(self) -> &'static str {
@@ -131,6 +138,8 @@ impl Reason {
             Reason::BadResponseSignature => "bad_response_signature",
             Reason::ResponseTooLarge => "response_too_large",
             Reason::ResponseInvalid => "response_invalid",
+            Reason::AgreementSuperseded => "agreement_superseded",
+            Reason::AgreementTerminated => "agreement_terminated",
         }
     }
 

@@ -161,7 +161,7 @@ pub fn decide_among<'x>(
             continue;
         }
         named += 1;
-        if !a.in_window(req.now) {
+        if !super::versions::window_holds(a, req.now, req.direction == Direction::Inbound) {
             continue;
         }
         in_window += 1;

@@ -4,9 +4,11 @@
 //! gateway-local Rego rules evaluated after the agreement allows.
 
 mod decide;
+pub mod diff;
 mod lint;
 pub mod rego;
 mod sign;
+pub mod versions;
 
 use std::fmt;
 

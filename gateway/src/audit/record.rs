@@ -36,10 +36,14 @@ pub struct Record {
     /// `outbound` or `inbound`.
     pub direction: String,
     pub domain: String,
-    /// `decision`, `outcome` or `revocation`.
+    /// `decision`, `outcome`, `revocation` or `agreement` (a proposal, acceptance or
+    /// rejection of an agreement version).
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// Agreement records: the step and the version it concerns (an object with sorted keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<serde_json::Value>,
     /// `egress`, `token_exchange`, `ingress` (and for notices `notice`, `admin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,

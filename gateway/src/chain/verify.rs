@@ -56,6 +56,9 @@ pub enum RevocationKind {
     Task,
     Agent,
     Principal,
+    /// An agreement id, terminated by either party (`fedgate agreement terminate`): every
+    /// token under any version of it is refused on both sides.
+    Agreement,
 }
 
 impl RevocationKind {
@@ -65,6 +68,7 @@ impl RevocationKind {
             RevocationKind::Task => "task",
             RevocationKind::Agent => "agent",
             RevocationKind::Principal => "principal",
+            RevocationKind::Agreement => "agreement",
         }
     }
 
@@ -74,6 +78,7 @@ impl RevocationKind {
             "task" => Some(RevocationKind::Task),
             "agent" => Some(RevocationKind::Agent),
             "principal" => Some(RevocationKind::Principal),
+            "agreement" => Some(RevocationKind::Agreement),
             _ => None,
         }
     }

@@ -1,9 +1,11 @@
-//! `fedgate agreement lint | hash | sign | verify | explain`.
+//! `fedgate agreement lint | hash | sign | verify | explain | diff`, and through a running
+//! gateway's admin listener `propose | proposals | accept | reject | terminate`.
 
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
+use super::admin_client::AdminConn;
 use super::{at_or_now, load_bundles, print_json, usage, CliError, CliResult};
 use crate::agreement::{self, decide_among, Agreement, CrossingRequest, Direction};
 use crate::chain::{LinkClaims, LinkSummary, NoRevocations, Policy, SignerKind, UnverifiedChain};
@@ -21,7 +23,7 @@ pub enum AgreementCmd {
     },
     /// Print the agreement hash (sha256 of the RFC 8785 canonical JSON).
     Hash { file: PathBuf },
-    /// Sign an agreement with this domain's gateway key: writes <id>.<td>.sig next to it.
+    /// Sign an agreement with this domain's gateway key: writes <file stem>.<td>.sig next to it.
     Sign {
         #[arg(long)]
         agreement: PathBuf,
@@ -62,6 +64,44 @@ pub enum AgreementCmd {
         bundles: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// What tightened and what loosened from OLD to NEW, one line each.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a new version with this gateway's key and send it to the partner gateway.
+    Propose {
+        #[command(flatten)]
+        conn: AdminConn,
+        file: PathBuf,
+    },
+    /// List proposals sent and received, with what each changes.
+    Proposals {
+        #[command(flatten)]
+        conn: AdminConn,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Countersign a received proposal (`<id>@<hash>`); both gateways install it.
+    Accept {
+        #[command(flatten)]
+        conn: AdminConn,
+        agr: String,
+    },
+    /// Reject a received proposal (`<id>@<hash>`) and tell the partner.
+    Reject {
+        #[command(flatten)]
+        conn: AdminConn,
+        agr: String,
+    },
+    /// Terminate every version of an agreement, here and (by a signed notice) at the partner.
+    Terminate {
+        #[command(flatten)]
+        conn: AdminConn,
+        id: String,
     },
 }
 
@@ -125,6 +165,86 @@ pub fn run(cmd: AgreementCmd) -> CliResult {
             }
             Ok(if bad { 1 } else { 0 })
         }
+        AgreementCmd::Diff { old, new, json } => {
+            let (o, n) = (parse(&old)?, parse(&new)?);
+            let changes = agreement::diff::diff(&o, &n);
+            if json {
+                print_json(&serde_json::json!({
+                    "old": o.agr(),
+                    "new": n.agr(),
+                    "changes": changes,
+                }));
+            } else if changes.is_empty() {
+                println!("no change in terms ({} → {})", o.agr(), n.agr());
+            } else {
+                for c in &changes {
+                    println!("{c}");
+                }
+            }
+            Ok(0)
+        }
+        AgreementCmd::Propose { conn, file } => {
+            let text = read_agreement_text(&file)?;
+            parse(&file)?;
+            let ans = conn.call(
+                http::Method::POST,
+                "/v1/agreements/proposals",
+                Some(("application/toml", text.into_bytes())),
+            )?;
+            println!("{}", ans.ok()?);
+            Ok(0)
+        }
+        AgreementCmd::Proposals { conn, json } => {
+            let text = conn
+                .call(http::Method::GET, "/v1/agreements/proposals", None)?
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| CliError::Invalid(format!("the gateway's answer: {e}")))?;
+            if json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let list = v["proposals"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no proposals");
+            }
+            for p in list {
+                println!(
+                    "{} v{} {} {} ({}, partner {})",
+                    p["agr"].as_str().unwrap_or("?"),
+                    p["version"],
+                    p["direction"].as_str().unwrap_or("?"),
+                    p["status"].as_str().unwrap_or("?"),
+                    crate::time::format_rfc3339(p["at"].as_i64().unwrap_or(0)),
+                    p["partner"].as_str().unwrap_or("?"),
+                );
+                for c in p["changes"].as_array().cloned().unwrap_or_default() {
+                    println!("  {}", c.as_str().unwrap_or("?"));
+                }
+            }
+            Ok(0)
+        }
+        AgreementCmd::Accept { conn, agr } => {
+            let ans = conn.post_json(
+                "/v1/agreements/proposals/accept",
+                &serde_json::json!({"agr": agr}),
+            )?;
+            println!("{}", ans.ok()?);
+            Ok(0)
+        }
+        AgreementCmd::Reject { conn, agr } => {
+            let ans = conn.post_json(
+                "/v1/agreements/proposals/reject",
+                &serde_json::json!({"agr": agr}),
+            )?;
+            println!("{}", ans.ok()?);
+            Ok(0)
+        }
+        AgreementCmd::Terminate { conn, id } => {
+            let ans = conn.post_json("/v1/agreements/terminate", &serde_json::json!({"id": id}))?;
+            println!("{}", ans.ok()?);
+            Ok(0)
+        }
         AgreementCmd::Hash { file } => {
             let a = parse(&file)?;
             println!("{}", a.hash);
@@ -156,10 +276,12 @@ pub fn run(cmd: AgreementCmd) -> CliResult {
                 }
             }
             let sig = agreement::sign_agreement(&a.hash, &sk).map_err(usage)?;
+            // Next to the file, named by its stem: each version file has its own signatures.
+            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or(&a.id);
             let out = file
                 .parent()
                 .unwrap_or(Path::new("."))
-                .join(agreement::signature_file_name(&a.id, td.as_str()));
+                .join(agreement::signature_file_name(stem, td.as_str()));
             crate::files::write_atomic(&out, format!("{sig}\n").as_bytes(), 0o644)
                 .map_err(usage)?;
             println!("{}", out.display());
@@ -172,12 +294,11 @@ pub fn run(cmd: AgreementCmd) -> CliResult {
         } => {
             let set = load_bundles(&bundles)?;
             let a = parse(&file)?;
-            let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
             let mut ok = true;
             let mut sigs = Vec::new();
             for d in &a.domains {
                 let td = d.trust_domain.as_str();
-                let p = dir.join(agreement::signature_file_name(&a.id, td));
+                let p = crate::files::signature_path(&file, &a.id, td);
                 let status = match crate::files::read_text_limited(&p, crate::jose::MAX_JWS_BYTES) {
                     Err(e) => Err(format!("missing: {e}")),
                     Ok(sig) => match set.get(&d.trust_domain) {

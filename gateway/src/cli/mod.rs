@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod admin_client;
 mod agreement;
 mod audit;
 mod bundle;

@@ -120,6 +120,22 @@ pub struct VerifiedToken {
 }
 
 impl VerifiedToken {
+    /// Whether either party terminated the agreement the token is under (a termination is
+    /// filed under the domain that sent it).
+    pub fn terminated(
+        &self,
+        local: &TrustDomain,
+        rev: &dyn crate::chain::Revocations,
+        now: Instant,
+    ) -> Option<String> {
+        use crate::chain::RevocationKind as K;
+        let id = &self.agreement.id;
+        [local.as_str(), self.issuer_td.as_str()]
+            .into_iter()
+            .find(|d| rev.is_revoked(d, K::Agreement, id, now))
+            .map(|d| format!("agreement {id} was terminated by {d}"))
+    }
+
     /// What of this token is revoked at `now`, if anything: its `jti`, agent (`act.sub`), task
     /// or principal (all owned by the issuing domain), or the target agent of `local`.
     pub fn revoked(
@@ -354,25 +370,33 @@ pub fn verify_token(token: &str, ctx: &TokenContext<'_>) -> Result<VerifiedToken
         .agr
         .split_once('@')
         .ok_or_else(|| authentic(Reason::Malformed, "agr must be <id>@<hash>".into()))?;
-    let named = ours.iter().find(|a| a.id == agr_id);
-    let agreement = match named {
-        None => {
+    // Several versions of one id may be held (agreement/versions.rs): the token names one by
+    // its hash, and that version must not have been superseded.
+    let versions: Vec<&&Arc<Agreement>> = ours.iter().filter(|a| a.id == agr_id).collect();
+    let agreement = match versions.iter().find(|a| a.hash.as_str() == agr_hash) {
+        Some(a) => (**a).clone(),
+        None if versions.is_empty() => {
             return Err(authentic(
                 Reason::NoAgreement,
                 format!("no agreement {agr_id} with {issuer_td}"),
             ))
         }
-        Some(a) if a.hash.as_str() != agr_hash => {
+        None => {
             return Err(authentic(
                 Reason::AgreementMismatch,
                 format!(
-                    "agreement {agr_id} hashes to {} here, the token says {agr_hash}",
-                    a.hash
+                    "no version of agreement {agr_id} held here hashes to {agr_hash} (held: {})",
+                    versions
+                        .iter()
+                        .map(|a| format!("v{} {}", a.version, a.hash))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ))
         }
-        Some(a) => (*a).clone(),
     };
+    crate::agreement::versions::accepted(ctx.agreements, &agreement, ctx.now)
+        .map_err(|(r, m)| authentic(r, m))?;
     if agreement
         .domain(&issuer_td)
         .map(|d| d.gateway_id != iss_id)

@@ -309,6 +309,15 @@ pub async fn revoke(State(gw): State<Arc<Gateway>>, body: Body) -> Response {
             .into_response();
         }
     }
+    if kind == RevocationKind::Agreement {
+        return Denial::new(
+            Reason::Malformed,
+            "an agreement is terminated with POST /v1/agreements/terminate (fedgate agreement terminate)",
+            &id,
+        )
+        .described()
+        .into_response();
+    }
     if kind == RevocationKind::Agent {
         match crate::spiffe::SpiffeId::parse(&req.value) {
             Ok(a) if a.in_domain(&gw.cfg.trust_domain) => {}

@@ -152,7 +152,33 @@ pub async fn authorize(
         now,
     );
     let t0 = std::time::Instant::now();
-    let decision = decide_among(trust.agreements.iter().map(|a| a.as_ref()), &req);
+    // Only the versions in force for a sender (agreement/versions.rs), and none of an
+    // agreement either party terminated.
+    use crate::chain::Revocations as _;
+    let rev = gw.state.revocations();
+    let partner_td = target.trust_domain();
+    let terminated = |a: &crate::agreement::Agreement| {
+        [gw.cfg.trust_domain.as_str(), target.trust_domain_str()]
+            .into_iter()
+            .any(|d| rev.is_revoked(d, crate::chain::RevocationKind::Agreement, &a.id, now))
+    };
+    let sendable = crate::agreement::versions::sendable(&trust.agreements, now);
+    let names_partner = |a: &&crate::agreement::Agreement| a.domain(&partner_td).is_some();
+    let live: Vec<&crate::agreement::Agreement> = sendable
+        .iter()
+        .copied()
+        .filter(|a| !terminated(a))
+        .collect();
+    if !sendable.iter().any(|a| names_partner(a) && !terminated(a))
+        && sendable.iter().any(names_partner)
+    {
+        let m = format!(
+            "every agreement with {} was terminated",
+            target.trust_domain_str()
+        );
+        return Err(refuse(gw, rec, Reason::AgreementTerminated, m).await);
+    }
+    let decision = decide_among(live, &req);
     super::log_decision(&req, &decision, t0.elapsed());
     rec.agreement = decision.agr.clone();
     if !decision.allow {
@@ -163,7 +189,7 @@ pub async fn authorize(
     let agreement = match trust
         .agreements
         .iter()
-        .find(|a| Some(&a.id) == decision.agreement_id.as_ref())
+        .find(|a| decision.agr.as_deref() == Some(a.agr().as_str()))
     {
         Some(a) => a.clone(),
         None => {

@@ -160,6 +160,9 @@ pub async fn ingress(
             let m = "the shared state store is unreachable or behind".to_string();
             return refuse(&gw, rec, Reason::StateUnavailable, m).await;
         }
+        if let Some(what) = vt.terminated(&gw.cfg.trust_domain, gw.state.revocations(), now) {
+            return refuse(&gw, rec, Reason::AgreementTerminated, what).await;
+        }
         if let Some(what) = vt.revoked(&gw.cfg.trust_domain, gw.state.revocations(), now) {
             return refuse(&gw, rec, Reason::Revoked, format!("{what} is revoked")).await;
         }
@@ -487,6 +490,21 @@ pub async fn revocations(
             refused,
             Reason::IssuerMismatch,
             "notices come from the partner gateway itself".into(),
+        )
+        .await;
+    }
+    if claims.kind == "agreement"
+        && !trust.agreements.iter().any(|a| {
+            a.id == claims.value
+                && a.domain(&gw.cfg.trust_domain).is_some()
+                && a.domain_str(iss.trust_domain_str()).is_some()
+        })
+    {
+        return refuse(
+            &gw,
+            refused,
+            Reason::NoAgreement,
+            format!("no agreement {} between us to terminate", claims.value),
         )
         .await;
     }

@@ -9,6 +9,7 @@ pub mod egress;
 pub mod ingress;
 pub mod lifecycle;
 pub mod listener;
+pub mod proposals;
 pub mod proxy;
 pub mod refusals;
 pub mod response;
@@ -261,6 +262,15 @@ fn federation_router(gw: Arc<Gateway>) -> Router {
         .merge(signed)
         .route("/bundle", get(ingress::bundle))
         .route("/v1/revocations", post(ingress::revocations))
+        .route("/v1/agreements/proposals", post(proposals::fed_receive))
+        .route(
+            "/v1/agreements/proposals/accept",
+            post(proposals::fed_accepted),
+        )
+        .route(
+            "/v1/agreements/proposals/reject",
+            post(proposals::fed_rejected),
+        )
         .fallback(not_found)
         .with_state(gw)
 }
@@ -282,6 +292,19 @@ fn admin_router(gw: Arc<Gateway>) -> Router {
         .route("/v1/revoke", post(admin::revoke))
         .route("/v1/graph", get(admin::graph))
         .route("/v1/reload", post(admin::reload))
+        .route(
+            "/v1/agreements/proposals",
+            get(proposals::admin_list).post(proposals::admin_propose),
+        )
+        .route(
+            "/v1/agreements/proposals/accept",
+            post(proposals::admin_accept),
+        )
+        .route(
+            "/v1/agreements/proposals/reject",
+            post(proposals::admin_reject),
+        )
+        .route("/v1/agreements/terminate", post(proposals::admin_terminate))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             gw.clone(),

@@ -67,6 +67,9 @@ pub async fn revoke(
     let mut partners: Vec<String> = trust
         .agreements
         .iter()
+        // A termination concerns only the partners of that agreement: any other partner
+        // would refuse the notice (it names no agreement it holds) and hold back its queue.
+        .filter(|a| kind != RevocationKind::Agreement || a.id == value)
         .filter_map(|a| a.partner_of(&gw.cfg.trust_domain))
         .map(|p| p.gateway_id.to_string())
         .collect();
