@@ -2,7 +2,7 @@
 # Soak: two gateways (company.com, vendor.example; release build) under mixed traffic for
 # MINUTES (default 30): allowed crossings, denied ones (scope beyond the chain), token
 # exchange with the token used and then replayed, revocations, reloads of both gateways every
-# two minutes, and a key rotation of company.com's gateway at a third and two thirds of the
+# two minutes, and a key rotation of company.com's gateway at a third of the
 # run. Every minute bench/soak_driver.py samples each gateway's RSS, open file descriptors and
 # open sockets, and it counts every answer. It fails if any answer is not the intended one, or
 # if RSS, descriptors or sockets grow (the last third's mean more than 10 % and 8 MiB / 16

@@ -217,7 +217,8 @@ async fn key_rotation_without_a_failed_crossing() {
         .sequence
         .unwrap();
     // Steady traffic before, during and after the rotation.
-    let (kid, _) = fedgate::server::lifecycle::stage_rotation(&f.co.dir.join("data")).unwrap();
+    let (kid, new_key) =
+        fedgate::server::lifecycle::stage_rotation(&f.co.dir.join("data")).unwrap();
     let mut statuses = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(6);
     while std::time::Instant::now() < deadline {
@@ -260,7 +261,40 @@ async fn key_rotation_without_a_failed_crossing() {
         serde_json::to_string(&r).unwrap(),
     )
     .unwrap();
+    // The old key signs the agreement: it is not retired (that would void the agreement on
+    // both sides at their next reload) until the agreement is signed with the new key.
     fedgate::server::lifecycle::rotation_step(gw).await.unwrap();
+    let local = gw.trust.get().bundles.get(&td(CO)).unwrap().clone();
+    assert!(
+        local.authority(&old_kid).is_some(),
+        "retired under a signed agreement"
+    );
+    assert_eq!(
+        gw.metrics.gauge("fedgate_rotation_retire_blocked", &[]),
+        Some(1.0)
+    );
+    let text =
+        std::fs::read_to_string(f.co.dir.join("agreements/company-vendor-analytics.toml")).unwrap();
+    let a = fedgate::agreement::Agreement::parse(&text).unwrap();
+    let sig = fedgate::agreement::sign_agreement(
+        &a.hash,
+        &fedgate::files::read_signing_key(&new_key).unwrap(),
+    )
+    .unwrap();
+    for d in [&f.co, &f.ve] {
+        std::fs::write(
+            d.dir
+                .join("agreements")
+                .join(fedgate::agreement::signature_file_name(&a.id, CO)),
+            &sig,
+        )
+        .unwrap();
+    }
+    fedgate::server::lifecycle::rotation_step(gw).await.unwrap();
+    assert_eq!(
+        gw.metrics.gauge("fedgate_rotation_retire_blocked", &[]),
+        Some(0.0)
+    );
     let local = gw.trust.get().bundles.get(&td(CO)).unwrap().clone();
     assert!(local.authority(&old_kid).is_none());
     assert_eq!(local.sequence, Some(seq0 + 2));

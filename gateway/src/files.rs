@@ -295,6 +295,45 @@ pub fn signature_path(toml: &Path, id: &str, td: &str) -> PathBuf {
     own
 }
 
+/// The agreements in `dir` whose signature by `td` names key `kid` (the JWS header's `kid`):
+/// a key that signs an agreement must stay in the bundle, or the agreement no longer
+/// activates on either side. Unreadable files are skipped (activation reports them).
+pub fn agreements_signed_by(dir: &Path, td: &str, kid: &str) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let Ok(text) = read_text_limited(&path, crate::agreement::MAX_AGREEMENT_BYTES) else {
+            continue;
+        };
+        let Ok(a) = crate::agreement::Agreement::parse(&text) else {
+            continue;
+        };
+        let Ok(sig) = read_text_limited(
+            &signature_path(&path, &a.id, td),
+            crate::jose::MAX_JWS_BYTES,
+        ) else {
+            continue;
+        };
+        let named = sig
+            .trim()
+            .split('.')
+            .next()
+            .and_then(crate::crypto::b64url_decode)
+            .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+            .and_then(|h| h.get("kid").and_then(|k| k.as_str()).map(str::to_string));
+        if named.as_deref() == Some(kid) {
+            out.push(a.agr());
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Loads and activates one agreement file; signatures are read from its directory.
 pub fn load_agreement_file(
     path: &Path,

@@ -52,9 +52,11 @@ EXTRA_REASONS: Final = (
     "bad_response_signature",
     "response_too_large",
     "response_invalid",
+    "agreement_superseded",
+    "agreement_terminated",
 )
 """The gateway's reason codes beyond SPEC section 10 (``gateway/src/reason.rs``, spec-notes 17,
-26 and 31), in the same denial shape. The SDK does not need to know a code to raise it: a
+26, 31, 40 and 43), in the same denial shape. The SDK does not need to know a code to raise it: a
 gateway denial is recognized by its shape (:func:`fedgate_agent.gateway.gateway_denial`)."""
 
 ALL_REASONS: Final = REASONS + EXTRA_REASONS
@@ -258,6 +260,10 @@ class ServerError(TokenExchangeError):
     """RFC 6749 ``server_error``: audit log or partner unavailable."""
 
 
+class TemporarilyUnavailableError(TokenExchangeError):
+    """RFC 6749 ``temporarily_unavailable`` (reason ``rate_limited``, HTTP 429): retry later."""
+
+
 OAUTH_ERRORS: Final[Mapping[str, type[TokenExchangeError]]] = {
     "invalid_request": InvalidRequestError,
     "invalid_grant": InvalidGrantError,
@@ -265,6 +271,7 @@ OAUTH_ERRORS: Final[Mapping[str, type[TokenExchangeError]]] = {
     "invalid_scope": InvalidScopeError,
     "unauthorized_client": UnauthorizedClientError,
     "server_error": ServerError,
+    "temporarily_unavailable": TemporarilyUnavailableError,
 }
 
 

@@ -22,8 +22,8 @@ from fedgate_agent import (
     ConfigError,
     CrossingDenied,
     Gateway,
-    InvalidGrantError,
     PartnerResponseRefused,
+    TemporarilyUnavailableError,
     TokenExchangeError,
     errors,
     gateway_denial,
@@ -89,7 +89,7 @@ def _egress(gw: Gateway, case: str) -> Any:
 
 def test_http_status_matches_the_gateways() -> None:
     # gateway/src/reason.rs Reason::http_status, the codes beyond SPEC section 10 included.
-    assert [errors.http_status(r) for r in EXTRA_REASONS] == [429, 503, 502, 502, 502]
+    assert [errors.http_status(r) for r in EXTRA_REASONS] == [429, 503, 502, 502, 502, 403, 403]
     assert errors.http_status("audit_unavailable") == 503 and errors.http_status("partner_unavailable") == 502
     assert errors.http_status("revoked") == 403 and errors.http_status("replayed") == 401
     assert set(ALL_REASONS) == set(REASONS) | set(EXTRA_REASONS) and len(REASONS) == 31
@@ -144,9 +144,9 @@ def test_token_endpoint_answers_are_typed(gw: Gateway) -> None:
     with pytest.raises(TokenExchangeError, match="does not parse"):
         gw.exchange("a.b.c", ANALYTICS, "analytics:run")
     # A rate-limited exchange (the gateway's oauth form of rate_limited).
-    body = {"error": "invalid_grant", "error_description": "slow down", "reason": "rate_limited", "crossing": "c"}
+    body = {"error": "temporarily_unavailable", "error_description": "slow down", "reason": "rate_limited", "crossing": "c"}
     ANSWERS["/v1/token"] = (429, {"Content-Type": "application/json", "Fedgate-Crossing": "c"}, json.dumps(body).encode())
-    with pytest.raises(InvalidGrantError) as e:
+    with pytest.raises(TemporarilyUnavailableError) as e:
         gw.exchange("a.b.c", ANALYTICS, "analytics:run")
     assert (e.value.reason, e.value.status, e.value.retryable) == ("rate_limited", 429, True)
 

@@ -69,7 +69,8 @@ impl Denial {
             Reason::NoAgreement
             | Reason::RuleDenied
             | Reason::UnknownDomain
-            | Reason::AgreementExpired => "invalid_target",
+            | Reason::AgreementExpired
+            | Reason::AgreementTerminated => "invalid_target",
             Reason::ScopeEscalation | Reason::ScopeExceedsAgreement | Reason::ApprovalRequired => {
                 "invalid_scope"
             }
@@ -77,6 +78,8 @@ impl Denial {
             Reason::AuditUnavailable | Reason::PartnerUnavailable | Reason::StateUnavailable => {
                 "server_error"
             }
+            // RFC 6749 section 4.1.2.1's code for "not now"; the answer is 429.
+            Reason::RateLimited => "temporarily_unavailable",
             _ => "invalid_grant",
         }
     }

@@ -315,8 +315,7 @@ pub async fn ingress(
                 iat: now,
                 replica: gw.cfg.replica.clone(),
             },
-        )
-        .ok();
+        );
 
         // From here on the crossing was allowed and recorded: every way out writes its outcome.
         let mut outcome = base_record(&gw, "inbound", &c.jti, true);
@@ -328,6 +327,21 @@ pub async fn ingress(
         outcome.source = rec.source.clone();
         outcome.target = rec.target.clone();
         outcome.txn = rec.txn.clone();
+        // Every crossing forwarded comes with its signed receipt: none, no forwarding.
+        let receipt = match receipt {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(crossing = %c.jti, error = %e, "cannot sign the receipt");
+                outcome.status = Some(503);
+                let _ = append(&gw, outcome).await;
+                return Denial::new(
+                    Reason::StateUnavailable,
+                    "the receipt could not be signed",
+                    &rec.crossing,
+                )
+                .into_response();
+            }
+        };
 
         // Forward with the crossing link as the only credential, and the gateway's own view
         // of where the request came from.

@@ -43,6 +43,12 @@ impl Metrics {
         }
     }
 
+    /// A gauge's value (None when it was never set).
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let key = Self::key(name, labels);
+        self.gauges.lock().ok().and_then(|g| g.get(&key).copied())
+    }
+
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let key = Self::key(name, labels);
         self.counters

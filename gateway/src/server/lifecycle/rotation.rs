@@ -189,6 +189,26 @@ pub async fn rotation_step(gw: &Gateway) -> Result<(), String> {
             }
         }
         "active" if now >= r.retire_at.unwrap_or(i64::MAX) => {
+            // The old key stays published while an agreement carries its signature: retiring
+            // it would void the agreement on both sides at their next reload or restart.
+            if let Some(old) = &r.old_kid {
+                let held = crate::files::agreements_signed_by(
+                    &gw.cfg.agreements_dir,
+                    gw.cfg.trust_domain.as_str(),
+                    old,
+                );
+                if !held.is_empty() {
+                    tracing::warn!(
+                        kid = %old,
+                        agreements = %held.join(", "),
+                        "old gateway key not retired: it signs these agreements; re-sign them with the new key (fedgate agreement sign, or propose a new version)"
+                    );
+                    gw.metrics
+                        .set("fedgate_rotation_retire_blocked", &[], held.len() as f64);
+                    return Ok(());
+                }
+            }
+            gw.metrics.set("fedgate_rotation_retire_blocked", &[], 0.0);
             let mut b = local_bundle(gw)?;
             let mut changed = false;
             if let Some(old) = &r.old_kid {
