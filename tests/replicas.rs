@@ -612,7 +612,7 @@ async fn upgrading_schema_1_adopts_the_domains_rows() {
          VALUES ('vendor.example', 'company.com', 7, convert_to('{saved}', 'UTF8'))"
     ));
     let r1 = start_replica(&reps[0]).await;
-    assert_eq!(pg.sql("SELECT version FROM fedgate_schema"), "2");
+    assert_eq!(pg.sql("SELECT version FROM fedgate_schema"), "3");
     let co = fedgate::spiffe::TrustDomain::parse(CO).unwrap();
     assert_eq!(
         r1.gateway.trust.get().bundles.get(&co).unwrap().sequence,
@@ -696,4 +696,90 @@ fn an_unknown_or_unreachable_backend_exits_2_before_binding() {
     let o = cli(&["serve", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("state.replica"));
+}
+
+/// The witness's latest cosigned checkpoint of company.com's log lives in the shared store:
+/// both vendor replicas answer an old size of 0 with the same size, and a checkpoint that
+/// rewrites what either cosigned is refused as a fork by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_one_witness_state() {
+    use fedgate::audit::merkle::{leaf_hash, MerkleTree};
+    use fedgate::witness::AddCheckpoint;
+    let pg = Pg::start();
+    let (f, reps, _lb) = prepare(&pg).await;
+    let r = [start_replica(&reps[0]).await, start_replica(&reps[1]).await];
+    let gw = &f.co_gw().gateway;
+    for i in 0..4 {
+        let rec = fedgate::server::base_record(gw, "outbound", &format!("w{i}"), true);
+        fedgate::server::append(gw, rec).await.unwrap();
+    }
+    // Cosigned through the balancer by one replica or the other.
+    let t = Instant::now();
+    let held = loop {
+        let note = gw.log.checkpoint_now().unwrap();
+        let with = fedgate::server::lifecycle::cosigned_note(&gw.cfg.data_dir, &note);
+        if with.contains("\u{2014} vendor.example/fedgate-witness ") {
+            break fedgate::audit::checkpoint::peek(&with).unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "not cosigned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let c = gateway_client(&f.co, &f.ve);
+    let latest = gw.log.latest_checkpoint().unwrap().1;
+    let key = fedgate::files::read_signing_key(&f.co.dir.join("keys/audit.key")).unwrap();
+    let mut forked = MerkleTree::new();
+    for i in 0..held.size {
+        forked.push(if i == 0 {
+            leaf_hash(b"x")
+        } else {
+            gw.log.leaf(i).unwrap()
+        });
+    }
+    let fork = fedgate::audit::Checkpoint {
+        origin: held.origin.clone(),
+        size: held.size,
+        root: forked.root(held.size).unwrap(),
+    }
+    .sign(&key)
+    .unwrap();
+    for rep in &reps {
+        let url = format!("https://{}/v1/witness/add-checkpoint", rep.federation);
+        let body = AddCheckpoint {
+            old: 0,
+            proof: vec![],
+            checkpoint: latest.clone(),
+        }
+        .encode();
+        let a = call(&c, Method::POST, &url, &[], body).await.unwrap();
+        assert_eq!(a.status, 409);
+        let size: u64 = String::from_utf8_lossy(&a.body).trim().parse().unwrap();
+        assert!(size >= held.size, "{size}");
+        let body = AddCheckpoint {
+            old: held.size,
+            proof: vec![],
+            checkpoint: fork.clone(),
+        }
+        .encode();
+        let a = call(&c, Method::POST, &url, &[], body).await.unwrap();
+        // A fork (409) if this replica's view is still `held`, else a conflict on the size.
+        assert_eq!(a.status, 409, "{}", String::from_utf8_lossy(&a.body));
+    }
+    let forks: u64 = r
+        .iter()
+        .map(|x| {
+            x.gateway
+                .metrics
+                .get("fedgate_witness_forks_total", &[("partner", CO)])
+        })
+        .sum();
+    let cosigned_now = pg.sql(
+        "SELECT count(*) FROM fedgate_witness WHERE domain = 'vendor.example' AND origin = 'company.com/fedgate-audit'",
+    );
+    assert_eq!(cosigned_now, "1");
+    // The company log did not grow meanwhile in this test (no traffic), so both saw `held`.
+    assert_eq!(forks, 2);
+    for x in r {
+        x.shutdown().await;
+    }
+    f.stop().await;
 }

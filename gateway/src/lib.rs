@@ -26,5 +26,6 @@ pub mod server;
 pub mod spiffe;
 pub mod store;
 pub mod time;
+pub mod witness;
 
 pub use reason::Reason;

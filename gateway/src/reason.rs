@@ -56,10 +56,14 @@ pub enum Reason {
     AgreementSuperseded,
     /// Beyond SPEC section 10 (issue 25): either party terminated the agreement (HTTP 403).
     AgreementTerminated,
+    /// Beyond SPEC section 10 (issue 14): a partner's signed checkpoint is not consistent with
+    /// the one our witness cosigned before (a fork, or history rewritten); refused with 409/422
+    /// as tlog-witness says, audited, kept as evidence.
+    CheckpointFork,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 38] = [
+    pub const ALL: [Reason; 39] = [
         Reason::Malformed,
         Reason::BadAlg,
         Reason::BadSignature,
@@ -98,6 +102,7 @@ impl Reason {
         Reason::ResponseInvalid,
         Reason::AgreementSuperseded,
         Reason::AgreementTerminated,
+        Reason::CheckpointFork,
     ];
 
     pub fn code(self) -> &'static str {
@@ -140,6 +145,7 @@ impl Reason {
             Reason::ResponseInvalid => "response_invalid",
             Reason::AgreementSuperseded => "agreement_superseded",
             Reason::AgreementTerminated => "agreement_terminated",
+            Reason::CheckpointFork => "checkpoint_fork",
         }
     }
 

@@ -54,6 +54,7 @@ EXTRA_REASONS: Final = (
     "response_invalid",
     "agreement_superseded",
     "agreement_terminated",
+    "checkpoint_fork",
 )
 """The gateway's reason codes beyond SPEC section 10 (``gateway/src/reason.rs``, spec-notes 17,
 26, 31, 40 and 43), in the same denial shape. The SDK does not need to know a code to raise it: a

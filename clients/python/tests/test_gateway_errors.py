@@ -89,7 +89,7 @@ def _egress(gw: Gateway, case: str) -> Any:
 
 def test_http_status_matches_the_gateways() -> None:
     # gateway/src/reason.rs Reason::http_status, the codes beyond SPEC section 10 included.
-    assert [errors.http_status(r) for r in EXTRA_REASONS] == [429, 503, 502, 502, 502, 403, 403]
+    assert [errors.http_status(r) for r in EXTRA_REASONS] == [429, 503, 502, 502, 502, 403, 403, 403]
     assert errors.http_status("audit_unavailable") == 503 and errors.http_status("partner_unavailable") == 502
     assert errors.http_status("revoked") == 403 and errors.http_status("replayed") == 401
     assert set(ALL_REASONS) == set(REASONS) | set(EXTRA_REASONS) and len(REASONS) == 31

@@ -21,7 +21,7 @@ use crate::spiffe::Bundle;
 pub const MAX_NOTE_BYTES: usize = 16 * 1024;
 /// The signed-note signature type of Ed25519.
 const ED25519_TYPE: u8 = 0x01;
-const SIG_PREFIX: &str = "\u{2014} ";
+pub const SIG_PREFIX: &str = "\u{2014} ";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -129,7 +129,7 @@ impl Checkpoint {
         ))
     }
 
-    fn parse_body(body: &str) -> Result<Checkpoint, CheckpointError> {
+    pub fn parse_body(body: &str) -> Result<Checkpoint, CheckpointError> {
         let bad = |m: &str| CheckpointError::Malformed(m.to_string());
         let mut lines = body.split('\n');
         let origin = lines
@@ -159,11 +159,11 @@ impl Checkpoint {
     }
 }
 
-/// Splits a signed note into body and signature lines `(name, key id, signature)`.
 /// A signature line: key name, key id, signature.
-type NoteSig = (String, [u8; 4], Vec<u8>);
+pub type NoteSig = (String, [u8; 4], Vec<u8>);
 
-fn split_note(text: &str) -> Result<(&str, Vec<NoteSig>), CheckpointError> {
+/// Splits a signed note into its body (ending in a newline) and signature lines.
+pub fn split_note(text: &str) -> Result<(&str, Vec<NoteSig>), CheckpointError> {
     if text.len() > MAX_NOTE_BYTES {
         return Err(CheckpointError::Malformed("note too large".into()));
     }

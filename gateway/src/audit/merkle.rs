@@ -31,12 +31,151 @@ fn split(n: u64) -> u64 {
     k
 }
 
-/// An append-only tree keeping every complete subtree hash, so heads and proofs for any size
-/// cost O(log² n) hashes. Memory: about 64 bytes per leaf.
+/// Where the hashes of complete subtrees come from: memory ([`MerkleTree`]), tiles on disk
+/// (`store::tiles`) or tiles fetched over HTTP (the CLI). The proof algorithms below need
+/// nothing else.
+pub trait NodeSource {
+    type Error;
+    /// Leaves in the tree.
+    fn size(&self) -> u64;
+    /// The hash of complete node `index` at `level`: leaves `[index·2^level, (index+1)·2^level)`,
+    /// all within the tree.
+    fn node(&self, level: u32, index: u64) -> Result<Hash, Self::Error>;
+}
+
+/// MTH of leaves `[start, start+size)`; the caller keeps the range within the tree.
+pub fn subtree_root<S: NodeSource + ?Sized>(
+    s: &S,
+    start: u64,
+    size: u64,
+) -> Result<Hash, S::Error> {
+    if size == 0 {
+        return Ok(empty_root());
+    }
+    if size.is_power_of_two() && start % size == 0 {
+        let k = size.trailing_zeros();
+        return s.node(k, start >> k);
+    }
+    let k = split(size);
+    Ok(node_hash(
+        &subtree_root(s, start, k)?,
+        &subtree_root(s, start + k, size - k)?,
+    ))
+}
+
+/// The root of the first `size` leaves; `None` past the end of the tree.
+pub fn root_at<S: NodeSource + ?Sized>(s: &S, size: u64) -> Result<Option<Hash>, S::Error> {
+    if size > s.size() {
+        return Ok(None);
+    }
+    subtree_root(s, 0, size).map(Some)
+}
+
+/// Inclusion proof of leaf `index` in the tree of the first `size` leaves (RFC 9162
+/// section 2.1.3.1).
+pub fn inclusion_proof_of<S: NodeSource + ?Sized>(
+    s: &S,
+    index: u64,
+    size: u64,
+) -> Result<Option<Vec<Hash>>, S::Error> {
+    if index >= size || size > s.size() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    path(s, index, 0, size, &mut out)?;
+    Ok(Some(out))
+}
+
+fn path<S: NodeSource + ?Sized>(
+    s: &S,
+    m: u64,
+    start: u64,
+    n: u64,
+    out: &mut Vec<Hash>,
+) -> Result<(), S::Error> {
+    if n <= 1 {
+        return Ok(());
+    }
+    let k = split(n);
+    if m < k {
+        path(s, m, start, k, out)?;
+        out.push(subtree_root(s, start + k, n - k)?);
+    } else {
+        path(s, m - k, start + k, n - k, out)?;
+        out.push(subtree_root(s, start, k)?);
+    }
+    Ok(())
+}
+
+/// Consistency proof between the trees of the first `m` and `n` leaves (RFC 9162
+/// section 2.1.4.1).
+pub fn consistency_proof_of<S: NodeSource + ?Sized>(
+    s: &S,
+    m: u64,
+    n: u64,
+) -> Result<Option<Vec<Hash>>, S::Error> {
+    if m == 0 || m > n || n > s.size() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    subproof(s, m, 0, n, true, &mut out)?;
+    Ok(Some(out))
+}
+
+fn subproof<S: NodeSource + ?Sized>(
+    s: &S,
+    m: u64,
+    start: u64,
+    n: u64,
+    b: bool,
+    out: &mut Vec<Hash>,
+) -> Result<(), S::Error> {
+    if m == n {
+        if !b {
+            out.push(subtree_root(s, start, n)?);
+        }
+        return Ok(());
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(s, m, start, k, b, out)?;
+        out.push(subtree_root(s, start + k, n - k)?);
+    } else {
+        subproof(s, m - k, start + k, n - k, false, out)?;
+        out.push(subtree_root(s, start, k)?);
+    }
+    Ok(())
+}
+
+/// An append-only tree keeping every complete subtree hash in memory, so heads and proofs for
+/// any size cost O(log² n) hashes. Memory: about 64 bytes per leaf, so it serves exports,
+/// reconciliation and tests; the gateway's own log keeps its tree on disk as tiles.
 #[derive(Debug, Clone, Default)]
 pub struct MerkleTree {
     /// `levels[k][i]` is the hash of leaves `[i·2^k, (i+1)·2^k)`.
     levels: Vec<Vec<Hash>>,
+}
+
+impl NodeSource for MerkleTree {
+    type Error = std::convert::Infallible;
+    fn size(&self) -> u64 {
+        self.len()
+    }
+    fn node(&self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+        Ok(self
+            .levels
+            .get(level as usize)
+            .and_then(|l| l.get(index as usize))
+            .copied()
+            .unwrap_or_else(empty_root))
+    }
+}
+
+fn infallible<T>(r: Result<T, std::convert::Infallible>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => match e {},
+    }
 }
 
 impl MerkleTree {
@@ -76,81 +215,19 @@ impl MerkleTree {
         self.levels.first().and_then(|l| l.get(i as usize)).copied()
     }
 
-    /// MTH of leaves `[start, start+size)`; caller guarantees the range is within the tree.
-    fn subtree(&self, start: u64, size: u64) -> Hash {
-        if size == 0 {
-            return empty_root();
-        }
-        if size.is_power_of_two() && start % size == 0 {
-            let k = size.trailing_zeros() as usize;
-            if let Some(h) = self
-                .levels
-                .get(k)
-                .and_then(|l| l.get((start >> k) as usize))
-            {
-                return *h;
-            }
-        }
-        let k = split(size);
-        node_hash(&self.subtree(start, k), &self.subtree(start + k, size - k))
-    }
-
     /// The root of the first `size` leaves.
     pub fn root(&self, size: u64) -> Option<Hash> {
-        (size <= self.len()).then(|| self.subtree(0, size))
+        infallible(root_at(self, size))
     }
 
-    /// Inclusion proof of leaf `index` in the tree of the first `size` leaves (RFC 9162
-    /// section 2.1.3.1).
+    /// Inclusion proof of leaf `index` in the tree of the first `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Hash>> {
-        if index >= size || size > self.len() {
-            return None;
-        }
-        let mut out = Vec::new();
-        self.path(index, 0, size, &mut out);
-        Some(out)
+        infallible(inclusion_proof_of(self, index, size))
     }
 
-    fn path(&self, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) {
-        if n <= 1 {
-            return;
-        }
-        let k = split(n);
-        if m < k {
-            self.path(m, start, k, out);
-            out.push(self.subtree(start + k, n - k));
-        } else {
-            self.path(m - k, start + k, n - k, out);
-            out.push(self.subtree(start, k));
-        }
-    }
-
-    /// Consistency proof between the trees of the first `m` and `n` leaves (RFC 9162
-    /// section 2.1.4.1).
+    /// Consistency proof between the trees of the first `m` and `n` leaves.
     pub fn consistency_proof(&self, m: u64, n: u64) -> Option<Vec<Hash>> {
-        if m == 0 || m > n || n > self.len() {
-            return None;
-        }
-        let mut out = Vec::new();
-        self.subproof(m, 0, n, true, &mut out);
-        Some(out)
-    }
-
-    fn subproof(&self, m: u64, start: u64, n: u64, b: bool, out: &mut Vec<Hash>) {
-        if m == n {
-            if !b {
-                out.push(self.subtree(start, n));
-            }
-            return;
-        }
-        let k = split(n);
-        if m <= k {
-            self.subproof(m, start, k, b, out);
-            out.push(self.subtree(start + k, n - k));
-        } else {
-            self.subproof(m - k, start + k, n - k, false, out);
-            out.push(self.subtree(start, k));
-        }
+        infallible(consistency_proof_of(self, m, n))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod export;
 pub mod merkle;
 pub mod reconcile;
 pub mod record;
+pub mod tiles;
 
 pub use checkpoint::{origin_of, Checkpoint, CheckpointError};
 pub use merkle::{leaf_hash, Hash, MerkleTree};

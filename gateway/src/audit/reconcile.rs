@@ -50,6 +50,21 @@ pub struct Report {
     pub clean: bool,
     pub summary: BTreeMap<&'static str, usize>,
     pub findings: Vec<Finding>,
+    /// Per domain, what the partners' cosignatures cover (informational; a checkpoint the
+    /// records do not hash to is a `forked` finding instead).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub witness: Vec<WitnessStatus>,
+}
+
+/// How much of one domain's exported log a partner witnessed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WitnessStatus {
+    pub domain: String,
+    pub records: u64,
+    /// `(witness domain, tree size, cosignature time)`.
+    pub cosigned_by: Vec<(String, u64, u64)>,
+    /// Records after the last cosigned checkpoint.
+    pub unwitnessed: u64,
 }
 
 /// Kinds that are not discrepancies.
@@ -528,6 +543,7 @@ pub fn report(local: String, partner: String, findings: Vec<Finding>) -> Report 
         clean,
         summary,
         findings,
+        witness: vec![],
     }
 }
 
@@ -567,6 +583,24 @@ impl Report {
                     f.detail
                 ));
             }
+        }
+        for w in &self.witness {
+            let by: Vec<String> = w
+                .cosigned_by
+                .iter()
+                .map(|(d, n, _)| format!("{d} up to {n}"))
+                .collect();
+            s.push_str(&format!(
+                "\nwitness: {} ({} records): cosigned by {}; {} unwitnessed\n",
+                w.domain,
+                w.records,
+                if by.is_empty() {
+                    "nobody".to_string()
+                } else {
+                    by.join(", ")
+                },
+                w.unwitnessed
+            ));
         }
         s.push_str(if self.clean {
             "\nresult: clean\n"

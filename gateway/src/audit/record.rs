@@ -12,8 +12,9 @@ use super::merkle::{leaf_hash, Hash};
 
 /// Record format version.
 pub const RECORD_VERSION: u32 = 1;
-/// Largest canonical record: every field is bounded (scopes, ids), so this only stops bugs.
-pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Largest canonical record: every field is bounded (scopes, ids), so this only stops bugs. One
+/// byte under 64 KiB, so every record fits a C2SP entry bundle's uint16 length prefix.
+pub const MAX_RECORD_BYTES: usize = crate::audit::tiles::MAX_ENTRY_BYTES;
 
 /// Fields are declared in the lexicographic order of their JSON names, and every value is a
 /// string, integer, boolean, null, array or (for `revocation`) an object with sorted keys, so
@@ -28,6 +29,10 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authenticated: Option<bool>,
     pub chain_digest: Option<String>,
+    /// Witness records (`kind = "witness"`): the partner checkpoint concerned and the one
+    /// cosigned before (an object with sorted keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<serde_json::Value>,
     /// The federation token's `jti` (a fresh id for denials without an authentic token).
     pub crossing: String,
     /// `allow` or `deny`.
@@ -36,8 +41,8 @@ pub struct Record {
     /// `outbound` or `inbound`.
     pub direction: String,
     pub domain: String,
-    /// `decision`, `outcome`, `revocation` or `agreement` (a proposal, acceptance or
-    /// rejection of an agreement version).
+    /// `decision`, `outcome`, `revocation`, `agreement` (a proposal, acceptance or
+    /// rejection of an agreement version) or `witness` (a partner checkpoint refused as a fork).
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,

@@ -38,6 +38,8 @@ pub struct AdminConn {
 pub struct Answer {
     pub status: http::StatusCode,
     pub text: String,
+    /// The body as it came (tiles are binary).
+    pub bytes: Vec<u8>,
 }
 
 impl Answer {
@@ -131,6 +133,7 @@ impl AdminConn {
             Ok::<_, String>(Answer {
                 status,
                 text: String::from_utf8_lossy(&b).to_string(),
+                bytes: b.to_vec(),
             })
         })
         .map_err(|e| usage(format!("{url}: {e}")))

@@ -23,10 +23,35 @@ pub enum AuditCmd {
         out: PathBuf,
     },
     /// Check an export: canonical records in order, hashing to the signed checkpoint.
+    ///
+    /// With --url instead of LOG: a live log through its C2SP tiles on the admin listener
+    /// (the checkpoint and its cosignatures, the root from the tiles, and on request an
+    /// inclusion proof, a consistency proof from an earlier checkpoint, or every record).
     Verify {
         #[arg(long)]
         bundles: PathBuf,
-        log: PathBuf,
+        #[arg(required_unless_present = "url")]
+        log: Option<PathBuf>,
+        /// The gateway's admin URL (e.g. https://127.0.0.1:9090): verify the live log.
+        #[arg(long, conflicts_with = "log")]
+        url: Option<String>,
+        /// With --url: an `fedgate init` directory whose admin identity to present.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// With --url: admin X509-SVID and key (instead of --dir).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// With --url: prove that record SEQ is in the tree (repeatable).
+        #[arg(long)]
+        inclusion: Vec<u64>,
+        /// With --url: prove that the live tree extends this earlier signed checkpoint.
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// With --url: fetch every entry bundle and check every record.
+        #[arg(long)]
+        full: bool,
         #[arg(long)]
         json: bool,
     },
@@ -57,6 +82,54 @@ fn checkpoint_path(log: &Path) -> PathBuf {
     let mut s = log.as_os_str().to_owned();
     s.push(".checkpoint");
     PathBuf::from(s)
+}
+
+/// `FILE.witness`: the cosigned and witnessed checkpoints an export carries.
+fn witness_path(log: &Path) -> PathBuf {
+    let mut s = log.as_os_str().to_owned();
+    s.push(".witness");
+    PathBuf::from(s)
+}
+
+/// The notes of one kind (`cosigned` or `witnessed`) in an export's witness file.
+fn witness_notes(log: &Path, which: &str) -> Vec<String> {
+    crate::files::read_text_limited(&witness_path(log), MAX_WITNESS_BYTES)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get(which).and_then(|a| a.as_array()).cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| n.as_str().map(String::from))
+        .collect()
+}
+
+/// Largest witness file read: a few notes per partner.
+const MAX_WITNESS_BYTES: usize = 1024 * 1024;
+
+/// What the cosignatures say about an export: its own checkpoint and the cosigned ones it
+/// carries, plus (reconcile) the partner-held ones.
+fn assess_export(
+    e: &Export,
+    note: &str,
+    extra: &[String],
+    set: &BundleSet,
+) -> Option<crate::witness::Witnessing> {
+    let lb = set.get_str(&e.domain)?;
+    let partners: Vec<&crate::spiffe::Bundle> = set
+        .iter()
+        .filter(|b| b.trust_domain.as_str() != e.domain)
+        .map(|b| b.as_ref())
+        .collect();
+    let mut notes = vec![note.to_string()];
+    notes.extend(extra.iter().cloned());
+    Some(crate::witness::assess(
+        &e.leaves,
+        &e.checkpoint.origin,
+        &notes,
+        lb,
+        &partners,
+        crate::time::now().max(0) as u64,
+    ))
 }
 
 /// Reads and verifies an export.
@@ -115,6 +188,11 @@ pub fn run(cmd: AuditCmd) -> CliResult {
             } else {
                 data_dir.clone()
             };
+            let data_root = if dir == data_dir {
+                data_dir.parent().map(Path::to_path_buf).unwrap_or_default()
+            } else {
+                data_dir.clone()
+            };
             let mut announced = false;
             let (records, note) = crate::store::log::export(&dir, |i, n| {
                 if n > 100_000 {
@@ -129,8 +207,20 @@ pub fn run(cmd: AuditCmd) -> CliResult {
                 data.push(b'\n');
             }
             crate::files::write_atomic(&out, &data, 0o644).map_err(usage)?;
+            // The checkpoint with every cosignature held for it, and the cosigned and
+            // witnessed checkpoints beside it.
+            let note = crate::server::lifecycle::cosigned_note(&data_root, &note);
             crate::files::write_atomic(&checkpoint_path(&out), note.as_bytes(), 0o644)
                 .map_err(usage)?;
+            let witness = crate::server::lifecycle::export_witness(&data_root);
+            crate::files::write_atomic(
+                &witness_path(&out),
+                serde_json::to_string_pretty(&witness)
+                    .unwrap_or_default()
+                    .as_bytes(),
+                0o644,
+            )
+            .map_err(usage)?;
             if announced {
                 eprintln!("exporting: done");
             }
@@ -142,13 +232,50 @@ pub fn run(cmd: AuditCmd) -> CliResult {
             );
             Ok(0)
         }
-        AuditCmd::Verify { bundles, log, json } => {
+        AuditCmd::Verify {
+            bundles,
+            log,
+            url,
+            dir,
+            cert,
+            key,
+            inclusion,
+            since,
+            full,
+            json,
+        } => {
             let set = load_bundles(&bundles)?;
+            if let Some(url) = url {
+                let conn = super::admin_client::AdminConn {
+                    admin_url: url,
+                    dir,
+                    bundles: cert.as_ref().map(|_| bundles.clone()),
+                    cert,
+                    key,
+                };
+                return super::tiles::verify_live(
+                    &conn,
+                    &set,
+                    &inclusion,
+                    since.as_deref(),
+                    full,
+                    json,
+                );
+            }
+            let log = log.ok_or_else(|| usage("give LOG or --url"))?;
             match load_export(&log, &set)? {
                 Ok(e) => {
+                    let note = crate::files::read_text_limited(
+                        &checkpoint_path(&log),
+                        crate::audit::checkpoint::MAX_NOTE_BYTES,
+                    )
+                    .map_err(usage)?;
+                    let w = assess_export(&e, &note, &witness_notes(&log, "cosigned"), &set)
+                        .unwrap_or_default();
+                    let forked = !w.forked.is_empty();
                     if json {
                         print_json(
-                            &serde_json::json!({"valid": true, "domain": e.domain, "records": e.records.len(), "root": crate::crypto::b64std(&e.checkpoint.root), "first_bad_record": null}),
+                            &serde_json::json!({"valid": !forked, "domain": e.domain, "records": e.records.len(), "root": crate::crypto::b64std(&e.checkpoint.root), "first_bad_record": null, "witness": w}),
                         );
                     } else {
                         println!(
@@ -157,8 +284,24 @@ pub fn run(cmd: AuditCmd) -> CliResult {
                             e.records.len(),
                             e.domain
                         );
+                        for (td, size, t) in &w.cosigned_by {
+                            println!(
+                                "  witnessed: {td} cosigned the first {size} records at {}",
+                                crate::time::format_rfc3339(*t as i64)
+                            );
+                        }
+                        println!(
+                            "  unwitnessed: {} records after the last cosigned checkpoint",
+                            w.unwitnessed
+                        );
+                        for f in &w.forked {
+                            println!("  FORKED: {f}");
+                        }
+                        for b in &w.beyond {
+                            println!("  note: {b}");
+                        }
                     }
-                    Ok(0)
+                    Ok(if forked { 1 } else { 0 })
                 }
                 Err(err) => {
                     if json {
@@ -212,6 +355,46 @@ pub fn run(cmd: AuditCmd) -> CliResult {
             if sides.len() < 2 {
                 return Err(usage("give the exports of at least two domains"));
             }
+            // What each side's witness holds of the other's log, and what each log's partners
+            // cosigned: a checkpoint the records do not hash to is a fork.
+            let mut witness_findings: Vec<(String, reconcile::Finding)> = Vec::new();
+            let mut witness_status: Vec<reconcile::WitnessStatus> = Vec::new();
+            for path in &exports {
+                let Ok(Ok(e)) = load_export(path, &set) else {
+                    continue;
+                };
+                let Ok(note) = crate::files::read_text_limited(
+                    &checkpoint_path(path),
+                    crate::audit::checkpoint::MAX_NOTE_BYTES,
+                ) else {
+                    continue;
+                };
+                let mut extra = witness_notes(path, "cosigned");
+                for other in exports.iter().filter(|o| *o != path) {
+                    extra.extend(witness_notes(other, "witnessed"));
+                }
+                let Some(w) = assess_export(&e, &note, &extra, &set) else {
+                    continue;
+                };
+                for f in &w.forked {
+                    witness_findings.push((
+                        e.domain.clone(),
+                        reconcile::Finding {
+                            kind: "forked",
+                            direction: e.domain.clone(),
+                            crossing: None,
+                            fields: vec![],
+                            detail: f.clone(),
+                        },
+                    ));
+                }
+                witness_status.push(reconcile::WitnessStatus {
+                    domain: e.domain.clone(),
+                    records: e.records.len() as u64,
+                    cosigned_by: w.cosigned_by.clone(),
+                    unwitnessed: w.unwitnessed,
+                });
+            }
             let mut reports = Vec::new();
             let (local, others) = sides.split_at(1);
             let (ld, lexp, lbad) = &local[0];
@@ -228,6 +411,18 @@ pub fn run(cmd: AuditCmd) -> CliResult {
                 } else {
                     reconcile::report(ld.clone(), pd.clone(), std::mem::take(&mut bad))
                 };
+                let mut findings = r.findings;
+                for (d, f) in &witness_findings {
+                    if d == ld || d == pd {
+                        findings.push(f.clone());
+                    }
+                }
+                let mut r = reconcile::report(r.local, r.partner, findings);
+                r.witness = witness_status
+                    .iter()
+                    .filter(|w| w.domain == *ld || w.domain == *pd)
+                    .cloned()
+                    .collect();
                 reports.push(r);
             }
             let clean = reports.iter().all(|r| r.clean);

@@ -13,6 +13,7 @@ pub mod init;
 mod revoke;
 pub(crate) mod serve;
 mod svid;
+mod tiles;
 mod token;
 
 /// A verb's failure: what to print and which exit code.

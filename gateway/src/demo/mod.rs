@@ -871,6 +871,23 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
         ),
     );
 
+    // 9b. Witnessing: each gateway cosigns the other's latest checkpoint; then company.com
+    // presents vendor.example's witness a rewritten history, which is refused as a fork.
+    let (got, detail) = witness_each_other(fed).await?;
+    st.record(
+        "each gateway cosigns the other's checkpoint",
+        "cosigned",
+        &got,
+        detail,
+    );
+    let (got, detail) = present_fork(fed).await?;
+    st.record(
+        "company.com shows the vendor's witness a rewritten history",
+        "checkpoint_fork",
+        &got,
+        detail,
+    );
+
     // 10. Audit: both logs exported, verified and reconciled; a tampered copy fails.
     fed.stop().await;
     let auditor = keep.join("auditor");
@@ -893,7 +910,15 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
         }
         let out = d.dir.join("audit.jsonl");
         std::fs::write(&out, &data).map_err(|e| e.to_string())?;
+        // The checkpoint with the partner's cosignature when it has one, and the witness file.
+        let note = crate::server::lifecycle::cosigned_note(&d.dir.join("data"), &note);
         std::fs::write(d.dir.join("audit.jsonl.checkpoint"), &note).map_err(|e| e.to_string())?;
+        let witness = crate::server::lifecycle::export_witness(&d.dir.join("data"));
+        std::fs::write(
+            d.dir.join("audit.jsonl.witness"),
+            serde_json::to_string_pretty(&witness).unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string())?;
         exports.push((data, note, recs.len()));
     }
     let abund =
@@ -963,6 +988,136 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
         got.1,
     );
     Ok(st.steps)
+}
+
+/// Waits (bounded) until each gateway holds the partner's valid cosignature of its latest
+/// checkpoint.
+async fn witness_each_other(fed: &Federation) -> Result<(String, String), String> {
+    let (Some(co), Some(ve)) = (fed.co.as_ref(), fed.ve.as_ref()) else {
+        return Err("gateways not running".into());
+    };
+    let deadline = std::time::Instant::now() + crate::server::lifecycle::WITNESS_INTERVAL * 4;
+    loop {
+        let mut done = Vec::new();
+        for (g, partner) in [(co, VENDOR), (ve, COMPANY)] {
+            let gw = &g.gateway;
+            let note = gw.log.checkpoint_now().map_err(|e| e.to_string())?;
+            let cosigned = crate::server::lifecycle::cosigned_note(&gw.cfg.data_dir, &note);
+            let bundle = gw
+                .trust
+                .get()
+                .bundles
+                .get_str(partner)
+                .cloned()
+                .ok_or("no partner bundle")?;
+            let name = crate::witness::witness_name(partner);
+            let ok = bundle
+                .keys_with_role(crate::spiffe::KeyRole::Audit)
+                .any(|k| {
+                    matches!(
+                        crate::witness::verify_cosignature(
+                            &cosigned,
+                            &name,
+                            k.key.raw(),
+                            crate::time::now() as u64
+                        ),
+                        Ok(Some(_))
+                    )
+                });
+            let size = crate::audit::checkpoint::peek(&note)
+                .map(|c| c.size)
+                .unwrap_or(0);
+            done.push((gw.cfg.trust_domain.to_string(), partner, size, ok));
+        }
+        if done.iter().all(|d| d.3) {
+            let detail = done
+                .iter()
+                .map(|(td, p, n, _)| {
+                    format!("{td}'s checkpoint of {n} records carries {p}'s cosignature")
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Ok(("cosigned".into(), detail));
+        }
+        if std::time::Instant::now() > deadline {
+            return Ok(("not cosigned".into(), format!("{done:?}")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// company.com's operator rewrites one record of its history, extends it by one, signs the
+/// new head with its audit key and submits it to vendor.example's witness with a consistency
+/// proof from the size the witness cosigned: the witness refuses it as a fork, audits it and
+/// keeps the evidence.
+async fn present_fork(fed: &Federation) -> Result<(String, String), String> {
+    use crate::audit::merkle::{leaf_hash, MerkleTree};
+    let (Some(co), Some(ve)) = (fed.co.as_ref(), fed.ve.as_ref()) else {
+        return Err("gateways not running".into());
+    };
+    let gw = &co.gateway;
+    let note = crate::files::read_text_limited(
+        &crate::server::lifecycle::cosigned_path(&gw.cfg.data_dir, VENDOR),
+        crate::audit::checkpoint::MAX_NOTE_BYTES,
+    )
+    .map_err(|e| e.to_string())?;
+    let cosigned = crate::audit::checkpoint::peek(&note).map_err(|e| e.to_string())?;
+    let mut forked = MerkleTree::new();
+    for i in 0..cosigned.size {
+        let leaf = if i == 1 {
+            leaf_hash(b"a rewritten record")
+        } else {
+            gw.log.leaf(i).ok_or("leaf")?
+        };
+        forked.push(leaf);
+    }
+    forked.push(leaf_hash(b"one more"));
+    let size = cosigned.size + 1;
+    let head = crate::audit::Checkpoint {
+        origin: cosigned.origin.clone(),
+        size,
+        root: forked.root(size).ok_or("root")?,
+    };
+    let key = crate::files::read_signing_key(&fed.company.dir.join("keys/audit.key"))
+        .map_err(|e| e.to_string())?;
+    let body = crate::witness::AddCheckpoint {
+        old: cosigned.size,
+        proof: forked
+            .consistency_proof(cosigned.size, size)
+            .ok_or("proof")?,
+        checkpoint: head.sign(&key).map_err(|e| e.to_string())?,
+    }
+    .encode();
+    let client = gw.partner_client(&fed.vendor.gateway_id()?)?;
+    let uri: http::Uri = format!(
+        "https://{}/v1/witness/add-checkpoint",
+        fed.vendor.federation
+    )
+    .parse()
+    .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let req = http::Request::post(uri)
+        .body(axum::body::Body::from(body))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let forks = ve
+        .gateway
+        .metrics
+        .get("fedgate_witness_forks_total", &[("partner", COMPANY)]);
+    let evidence = std::fs::read_dir(crate::server::witness::evidence_dir(&ve.gateway))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let got = if (status == 409 || status == 422) && forks >= 1 && evidence >= 1 {
+        "checkpoint_fork"
+    } else {
+        "accepted"
+    };
+    Ok((
+        got.into(),
+        format!(
+            "the witness answered {status}; {VENDOR} audited a witness record (checkpoint_fork), counts fedgate_witness_forks_total = {forks} and keeps {evidence} evidence file(s) in data/witness/evidence"
+        ),
+    ))
 }
 
 /// The final table.

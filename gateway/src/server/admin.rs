@@ -115,10 +115,51 @@ pub async fn checkpoint(State(gw): State<Arc<Gateway>>) -> Response {
     match gw.log.checkpoint_now() {
         Ok(note) => (
             [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            note,
+            super::lifecycle::cosigned_note(&gw.cfg.data_dir, &note),
         )
             .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// C2SP tlog-tiles `<prefix>/checkpoint` (the admin listener is the prefix): the latest signed
+/// checkpoint with the cosignatures held for it, never cached for long.
+pub async fn tlog_checkpoint(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.log.latest_checkpoint() {
+        Some((_, note)) => (
+            [
+                (http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (http::header::CACHE_CONTROL, "no-cache"),
+            ],
+            super::lifecycle::cosigned_note(&gw.cfg.data_dir, &note),
+        )
+            .into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no checkpoint yet").into_response(),
+    }
+}
+
+/// C2SP tlog-tiles `<prefix>/tile/<L>/<N>[.p/<W>]` and `<prefix>/tile/entries/<N>[.p/<W>]`,
+/// from the log's tile files and segments. Tiles never change, so they may be cached for good.
+pub async fn tile(State(gw): State<Arc<Gateway>>, Path(path): Path<String>) -> Response {
+    let Some(t) = crate::audit::tiles::TileRef::parse(&format!("tile/{path}")) else {
+        return (StatusCode::NOT_FOUND, "not a tile path").into_response();
+    };
+    let log = gw.log.clone();
+    match tokio::task::spawn_blocking(move || log.tile(t)).await {
+        Ok(Ok(Some(bytes))) => (
+            [
+                (http::header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    http::header::CACHE_CONTROL,
+                    "public, max-age=31536000, immutable",
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no such tile").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod response;
 pub mod state;
 pub mod tls;
 pub mod trust;
+pub mod witness;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -262,6 +263,7 @@ fn federation_router(gw: Arc<Gateway>) -> Router {
         .merge(signed)
         .route("/bundle", get(ingress::bundle))
         .route("/v1/revocations", post(ingress::revocations))
+        .route("/v1/witness/add-checkpoint", post(witness::add_checkpoint))
         .route("/v1/agreements/proposals", post(proposals::fed_receive))
         .route(
             "/v1/agreements/proposals/accept",
@@ -281,6 +283,8 @@ fn admin_router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/v1/audit/checkpoint", get(admin::checkpoint))
+        .route("/checkpoint", get(admin::tlog_checkpoint))
+        .route("/tile/{*path}", get(admin::tile))
         .route("/v1/audit/records", get(admin::records))
         .route("/v1/audit/proof/{seq}", get(admin::proof))
         .route("/v1/audit/crossing/{id}", get(admin::crossing))
@@ -445,6 +449,7 @@ pub async fn start_with(
     let keys = Keys {
         signing: std::sync::RwLock::new(Arc::new(signing)),
         pseudonym,
+        audit: crate::files::read_signing_key(&cfg.audit_key).map_err(|e| one(e.to_string()))?,
     };
     let gw = Arc::new(Gateway::new(cfg, trust.clone(), keys, identity, log, st).map_err(one)?);
     let (internal, federation, admin) = listeners.addrs().map_err(|e| one(e.to_string()))?;
@@ -501,6 +506,10 @@ pub async fn start_with(
         gw.clone(),
         stop_rx.clone(),
     )));
+    tasks.push(tokio::spawn(lifecycle::witness_loop(
+        gw.clone(),
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(lifecycle::sweep_loop(
         gw.clone(),
         stop_rx.clone(),
@@ -547,17 +556,32 @@ async fn reindex_crossings(log: &AuditLog, st: &dyn StateBackend) -> Result<(), 
 }
 
 /// The replay cache is state that can be rebuilt: every inbound crossing the log of record
-/// accepted and whose token has not expired is marked used again.
+/// accepted and whose token has not expired is marked used again. The log is read backwards a
+/// page at a time and the reading stops at the first page whose records are all older than the
+/// longest a token can live (`MAX_TOKEN_TTL` plus twice the largest skew), so a start costs
+/// the recent log, not the whole log.
 async fn rebuild_replay_cache(log: &AuditLog, st: &dyn StateBackend) -> Result<(), String> {
     let now = crate::time::now();
+    let oldest_live = now
+        .saturating_sub(crate::agreement::MAX_TOKEN_TTL)
+        .saturating_sub(2 * crate::chain::MAX_CLOCK_SKEW);
     let size = log.size();
-    let mut from = 0;
     const PAGE: u64 = 10_000;
-    while from < size {
-        for bytes in log.read(from, PAGE).map_err(|e| e.to_string())? {
+    let mut end = size;
+    while end > 0 {
+        let from = end.saturating_sub(PAGE);
+        let mut any_recent = false;
+        for bytes in log.read(from, end - from).map_err(|e| e.to_string())? {
             let Ok(r) = serde_json::from_slice::<Record>(&bytes) else {
                 continue;
             };
+            // A record without a readable time counts as recent: keep reading.
+            if crate::time::parse_rfc3339(&r.time)
+                .map(|t| t >= oldest_live)
+                .unwrap_or(true)
+            {
+                any_recent = true;
+            }
             if r.kind == "decision" && r.direction == "inbound" && r.is_allow() {
                 if let (Some(exp), Some(issuer)) = (r.token_exp, r.partner.as_deref()) {
                     if exp.saturating_add(crate::chain::MAX_CLOCK_SKEW) > now {
@@ -574,7 +598,10 @@ async fn rebuild_replay_cache(log: &AuditLog, st: &dyn StateBackend) -> Result<(
                 }
             }
         }
-        from += PAGE;
+        if !any_recent {
+            break;
+        }
+        end = from;
     }
     st.flush().map_err(|e| e.to_string())
 }

@@ -162,6 +162,8 @@ pub type TlsClient = Client<MtlsConnector, Body>;
 pub struct Keys {
     pub signing: RwLock<Arc<SigningKey>>,
     pub pseudonym: zeroize::Zeroizing<Vec<u8>>,
+    /// The Ed25519 audit key, which also signs our witness's cosignatures (`witness`).
+    pub audit: SigningKey,
 }
 
 impl Keys {
@@ -199,6 +201,9 @@ pub struct Gateway {
     pub denials: super::refusals::DenialLimiter,
     /// Bytes of request bodies the egress may still buffer.
     pub buffer_budget: Arc<tokio::sync::Semaphore>,
+    /// Witness submissions are checked and recorded one at a time (tlog-witness: the old-size
+    /// check and the update must be atomic; the store's compare-and-set covers replicas).
+    pub witness_lock: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
@@ -243,6 +248,7 @@ impl Gateway {
             refusals,
             denials,
             buffer_budget,
+            witness_lock: tokio::sync::Mutex::new(()),
             cfg,
             trust,
             keys,

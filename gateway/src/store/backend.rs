@@ -220,6 +220,21 @@ pub trait StateBackend: Send + Sync + 'static {
         state: &'a str,
     ) -> BoxFuture<'a, Result<bool, StateError>>;
 
+    /// The latest checkpoint note of `origin` (a partner's log) this domain's witness cosigned.
+    fn witnessed<'a>(
+        &'a self,
+        origin: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StateError>>;
+
+    /// Replaces it, durably, if it is still `expected` (compare and set, so two submissions
+    /// racing cannot roll the witness back): `false` when another one changed it first.
+    fn save_witnessed<'a>(
+        &'a self,
+        origin: &'a str,
+        expected: Option<&'a str>,
+        note: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StateError>>;
+
     /// Records that this replica's log holds a record of `crossing` at `seq` (a shared index
     /// across replicas; a single gateway's own index is the log's in-memory one).
     fn index_crossing(&self, crossing: &str, seq: u64);

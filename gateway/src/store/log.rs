@@ -15,8 +15,13 @@
 //! segment, cut it back to the last durable length, sync, sign a checkpoint — and accepts
 //! appends again once that works (space came back). The writer's file operations go through
 //! `store::io::LogIo`, so tests can inject the faults.
+//!
+//! Memory does not grow with the log: the Merkle tree is kept on disk as C2SP tiles and the
+//! record locations beside it (`store::tiles`), the crossing index in sorted run files
+//! (`store::crossings`); the writer keeps only the tree's right edge (`audit::tiles::TileEdge`).
+//! Those files are derived from the segments: written before each batch's segment write,
+//! checked or rebuilt at open (see `replay`).
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -26,11 +31,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::audit::checkpoint::{self, Checkpoint};
-use crate::audit::merkle::{Hash, MerkleTree};
+use crate::audit::merkle::{consistency_proof_of, inclusion_proof_of, root_at, Hash};
 use crate::audit::record::{Record, MAX_RECORD_BYTES, RECORD_VERSION};
+use crate::audit::tiles::{self, Stored, TileEdge, TileRef, Tiled};
 use crate::crypto::b64url;
 use crate::jose::SigningKey;
+use crate::store::crossings::{crossing_key, CrossingIndex};
 use crate::store::io::{FsIo, LogIo, SegmentFile};
+use crate::store::tiles::{Loc, TileFiles};
 
 /// A segment is closed and a new one started past this size: bounded files are easier to
 /// copy, archive and scan.
@@ -82,19 +90,11 @@ pub struct Recovery {
     pub checkpoint_size: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Loc {
-    segment: u32,
-    offset: u64,
-    len: u32,
-}
-
 struct Tree {
-    tree: MerkleTree,
-    locs: Vec<Loc>,
-    /// Crossing id (hashed) → seqs of its records. Rebuilt from the log at open; a lookup reads
-    /// the records and keeps only exact matches, so hash collisions cost a read, not a mistake.
-    index: HashMap<u64, Vec<u64>>,
+    /// Records durable (and readable through the tile files).
+    size: u64,
+    /// The right edge of the tiled tree: all of the tree the writer keeps in memory.
+    edge: TileEdge,
     checkpoint: Option<(Checkpoint, String)>,
 }
 
@@ -104,6 +104,8 @@ struct Shared {
     healthy: AtomicBool,
     state: Mutex<Tree>,
     segments: Mutex<Vec<PathBuf>>,
+    files: TileFiles,
+    index: CrossingIndex,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Appended, LogError>>;
@@ -119,12 +121,6 @@ enum Job {
 pub struct AuditLog {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Job>,
-}
-
-/// The index key of a crossing id: the first 8 bytes of its SHA-256.
-fn crossing_key(crossing: &str) -> u64 {
-    let h = crate::crypto::sha256(crossing.as_bytes());
-    u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -154,23 +150,18 @@ fn frame(bytes: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Reads every frame of the log in `dir` (read-only). Returns (payloads, locations, torn tail
-/// info `(segment path, valid length, file length)`).
-#[allow(clippy::type_complexity)]
-fn scan(
+/// A torn tail: `(segment path, valid length, file length)`.
+type Torn = Option<(PathBuf, u64, u64)>;
+
+/// Reads every frame of the log in `dir` (read-only), one segment in memory at a time, and
+/// calls `visit(location, payload)` for each in order. Returns the segments, the torn tail if
+/// any, and the number of frames.
+fn scan_with(
     dir: &Path,
-) -> Result<
-    (
-        Vec<Vec<u8>>,
-        Vec<Loc>,
-        Vec<PathBuf>,
-        Option<(PathBuf, u64, u64)>,
-    ),
-    LogError,
-> {
+    mut visit: impl FnMut(Loc, &[u8]) -> Result<(), LogError>,
+) -> Result<(Vec<PathBuf>, Torn, u64), LogError> {
     let segs = list_segments(dir)?;
-    let mut payloads = Vec::new();
-    let mut locs = Vec::new();
+    let mut count = 0u64;
     let mut torn = None;
     for (si, path) in segs.iter().enumerate() {
         let mut f = File::open(path).map_err(io)?;
@@ -212,60 +203,167 @@ fn scan(
                 }
                 let seg = path.display();
                 return Err(LogError::Damaged(format!(
-                    "{seg}: frame at byte {off} is corrupt (record {})",
-                    payloads.len()
+                    "{seg}: frame at byte {off} is corrupt (record {count})"
                 )));
             }
-            let payload = data[off + FRAME_HEADER..off + FRAME_HEADER + len].to_vec();
-            locs.push(Loc {
-                segment: si as u32,
-                offset: (off + FRAME_HEADER) as u64,
-                len: len as u32,
-            });
-            payloads.push(payload);
+            visit(
+                Loc {
+                    segment: si as u32,
+                    offset: (off + FRAME_HEADER) as u64,
+                    len: len as u32,
+                },
+                &data[off + FRAME_HEADER..off + FRAME_HEADER + len],
+            )?;
+            count += 1;
             off += FRAME_HEADER + len;
         }
     }
-    Ok((payloads, locs, segs, torn))
+    Ok((segs, torn, count))
 }
 
-/// Checks records against each other: canonical, seq in order, `prev` chained, one domain.
-fn check_records(
-    payloads: &[Vec<u8>],
+/// Checks one record against the log: canonical, its seq, `prev` chained, the log's domain.
+/// Returns its crossing id.
+fn check_record(
+    bytes: &[u8],
+    i: u64,
+    prev: Option<&Hash>,
     domain: &str,
-) -> Result<(MerkleTree, HashMap<u64, Vec<u64>>), LogError> {
-    let mut tree = MerkleTree::new();
-    let mut index: HashMap<u64, Vec<u64>> = HashMap::new();
-    for (i, p) in payloads.iter().enumerate() {
-        let r =
-            Record::from_canonical(p).map_err(|e| LogError::Damaged(format!("record {i}: {e}")))?;
-        if r.seq != i as u64 {
-            return Err(LogError::Damaged(format!("record {i} has seq {}", r.seq)));
-        }
-        if r.domain != domain {
-            return Err(LogError::Damaged(format!(
-                "record {i} belongs to {}",
-                r.domain
-            )));
-        }
-        let want = if i == 0 {
-            String::new()
-        } else {
-            b64url(&tree.leaf(i as u64 - 1).unwrap_or_default())
-        };
-        if r.prev != want {
-            return Err(LogError::Damaged(format!(
-                "record {} changed after it was logged",
-                i.saturating_sub(1)
-            )));
-        }
-        tree.push(Record::leaf(p));
-        index
-            .entry(crossing_key(&r.crossing))
-            .or_default()
-            .push(i as u64);
+) -> Result<String, LogError> {
+    let r =
+        Record::from_canonical(bytes).map_err(|e| LogError::Damaged(format!("record {i}: {e}")))?;
+    if r.seq != i {
+        return Err(LogError::Damaged(format!("record {i} has seq {}", r.seq)));
     }
-    Ok((tree, index))
+    if r.domain != domain {
+        return Err(LogError::Damaged(format!(
+            "record {i} belongs to {}",
+            r.domain
+        )));
+    }
+    let want = prev.map(|p| b64url(p)).unwrap_or_default();
+    if r.prev != want {
+        return Err(LogError::Damaged(format!(
+            "record {} changed after it was logged",
+            i.saturating_sub(1)
+        )));
+    }
+    Ok(r.crossing)
+}
+
+/// Hashes read from (or to be written to) the tile files in chunks while the log is opened.
+const OPEN_CHUNK: u64 = 4096;
+
+/// What opening found: the tree's edge and size, and the last leaf.
+struct Opened {
+    segs: Vec<PathBuf>,
+    torn: Torn,
+    size: u64,
+    edge: TileEdge,
+    last_leaf: Option<Hash>,
+}
+
+/// Replays the log in `dir` against the tile files, the crossing index and the signed
+/// checkpoint: every frame's checksum and leaf hash is computed; a record whose leaf hash the
+/// tile files already hold is the one the writer wrote and checked; any other record (and the
+/// one after it, whose `prev` covers it) is checked in full, as is every record the crossing
+/// index does not cover yet. The tree is rebuilt from the leaves and must hash to the signed
+/// checkpoint at its size. Only derived files are written.
+fn replay(
+    dir: &Path,
+    domain: &str,
+    cp: Option<&Checkpoint>,
+    files: &TileFiles,
+    index: &CrossingIndex,
+    index_from: u64,
+) -> Result<Opened, LogError> {
+    let stored0 = files.stored(0).map_err(io)?;
+    let mut edge = TileEdge::new();
+    let mut last_leaf: Option<Hash> = None;
+    let mut check_next = false;
+    let mut have: Vec<Hash> = Vec::new();
+    let mut have_from = 0u64;
+    let mut locs: Vec<Loc> = Vec::new();
+    let mut locs_from = 0u64;
+    let mut i = 0u64;
+    if let Some(c) = cp {
+        if c.size == 0 && c.root != crate::audit::merkle::empty_root() {
+            return Err(LogError::CheckpointMismatch(
+                "the empty log does not hash to the signed root".into(),
+            ));
+        }
+    }
+    let (segs, torn, count) = scan_with(dir, |loc, bytes| {
+        let leaf = Record::leaf(bytes);
+        let stored = if i < stored0 {
+            if i >= have_from + have.len() as u64 {
+                have_from = i;
+                have = files.read(0, i, OPEN_CHUNK.min(stored0 - i)).map_err(io)?;
+            }
+            have.get((i - have_from) as usize).copied()
+        } else {
+            None
+        };
+        let known = stored == Some(leaf);
+        if !known || check_next || i >= index_from {
+            let crossing = check_record(bytes, i, last_leaf.as_ref(), domain)?;
+            if i >= index_from {
+                index.add(crossing_key(&crossing), i);
+                index.maybe_flush(i + 1).map_err(io)?;
+            }
+        }
+        check_next = !known;
+        if locs.is_empty() {
+            locs_from = i;
+        }
+        let up = edge.push(leaf);
+        // Higher levels are rewritten as they are recomputed (1 in 256 hashes); a leaf only
+        // where the file did not have it.
+        files.store(&up[1..]).map_err(io)?;
+        if !known {
+            files.store_leaves(i, &[leaf]).map_err(io)?;
+        }
+        locs.push(loc);
+        if locs.len() as u64 >= OPEN_CHUNK {
+            files.store_locs(locs_from, &locs).map_err(io)?;
+            locs.clear();
+        }
+        last_leaf = Some(leaf);
+        i += 1;
+        if let Some(c) = cp {
+            if c.size == i && edge.root() != c.root {
+                return Err(LogError::CheckpointMismatch(format!(
+                    "the first {} records do not hash to the signed root",
+                    c.size
+                )));
+            }
+        }
+        Ok(())
+    })?;
+    if !locs.is_empty() {
+        files.store_locs(locs_from, &locs).map_err(io)?;
+    }
+    if let Some(c) = cp {
+        if c.size > count {
+            return Err(LogError::CheckpointMismatch(format!(
+                "the checkpoint covers {} records but only {count} are on disk: acknowledged records are missing",
+                c.size
+            )));
+        }
+    }
+    if index.runs_cover() > count {
+        return Err(LogError::Damaged(format!(
+            "the crossing index covers {} records but only {count} are on disk: acknowledged records are missing",
+            index.runs_cover()
+        )));
+    }
+    files.truncate(count).map_err(io)?;
+    Ok(Opened {
+        segs,
+        torn,
+        size: count,
+        edge,
+        last_leaf,
+    })
 }
 
 /// Copies the bytes `[valid, len)` of `path` to `<path>.torn-<unix time>-<valid>` (synced),
@@ -351,42 +449,27 @@ impl AuditLog {
     ) -> Result<(AuditLog, Recovery), LogError> {
         fs::create_dir_all(dir).map_err(io)?;
         let origin = origin.to_string();
-        let (payloads, locs, mut segs, torn) = scan(dir)?;
+        // Everything is checked before anything of the log is changed: the checkpoint first.
+        let cp = load_checkpoint(dir, &origin, key.public().raw())?;
+        let files = TileFiles::open(&dir.join("tiles")).map_err(io)?;
+        let (index, index_from) = CrossingIndex::open(&dir.join("index"), u64::MAX).map_err(io)?;
+        let opened = replay(
+            dir,
+            domain,
+            cp.as_ref().map(|(c, _)| c),
+            &files,
+            &index,
+            index_from,
+        )?;
+        let mut segs = opened.segs;
         let mut rec = Recovery {
-            records: payloads.len() as u64,
+            records: opened.size,
             segments: segs.len(),
+            checkpoint_size: cp.as_ref().map(|(c, _)| c.size),
             ..Default::default()
         };
-        // Everything is checked before anything is changed: the checkpoint first.
-        let cp = load_checkpoint(dir, &origin, key.public().raw())?;
-        if let (Some((c, _)), Some(_)) = (&cp, &torn) {
-            if c.size > payloads.len() as u64 {
-                return Err(LogError::CheckpointMismatch(format!(
-                    "record {} is damaged, but the signed checkpoint covers {} records: acknowledged records would be lost, refusing to cut anything",
-                    payloads.len(),
-                    c.size
-                )));
-            }
-        }
-        let (tree, index) = check_records(&payloads, domain)?;
-        if let Some((c, _)) = &cp {
-            if c.size > tree.len() {
-                return Err(LogError::CheckpointMismatch(format!(
-                    "the checkpoint covers {} records but only {} are on disk: acknowledged records are missing",
-                    c.size,
-                    tree.len()
-                )));
-            }
-            if tree.root(c.size) != Some(c.root) {
-                return Err(LogError::CheckpointMismatch(format!(
-                    "the first {} records do not hash to the signed root",
-                    c.size
-                )));
-            }
-            rec.checkpoint_size = Some(c.size);
-        }
         // Only now, with every check passed, is the damaged tail moved aside.
-        if let Some((path, valid, len)) = torn {
+        if let Some((path, valid, len)) = opened.torn {
             set_aside(&path, valid, len)?;
             rec.truncated_bytes = len - valid;
             rec.moved_aside = true;
@@ -401,23 +484,20 @@ impl AuditLog {
             origin,
             healthy: AtomicBool::new(true),
             state: Mutex::new(Tree {
-                tree,
-                locs,
-                index,
+                size: opened.size,
+                edge: opened.edge,
                 checkpoint: cp,
             }),
             segments: Mutex::new(segs),
+            files,
+            index,
         });
         let (tx, rx) = mpsc::channel();
         let log = AuditLog {
             shared: shared.clone(),
             tx,
         };
-        let last_leaf = {
-            let st = shared.state.lock().map_err(|_| LogError::Unavailable)?;
-            st.tree.len().checked_sub(1).and_then(|i| st.tree.leaf(i))
-        };
-        let writer = Writer::new(shared, key, last_leaf, log_io)?;
+        let writer = Writer::new(shared, key, opened.last_leaf, log_io)?;
         std::thread::Builder::new()
             .name("fedgate-audit".into())
             .spawn(move || writer.run(rx))
@@ -478,7 +558,7 @@ impl AuditLog {
     }
 
     pub fn size(&self) -> u64 {
-        self.shared.state.lock().map(|s| s.tree.len()).unwrap_or(0)
+        self.shared.state.lock().map(|s| s.size).unwrap_or(0)
     }
 
     /// The latest signed checkpoint `(parsed, note text)`.
@@ -491,59 +571,84 @@ impl AuditLog {
     }
 
     pub fn leaf(&self, seq: u64) -> Option<Hash> {
-        self.shared.state.lock().ok().and_then(|s| s.tree.leaf(seq))
+        if seq >= self.size() {
+            return None;
+        }
+        self.shared
+            .files
+            .read(0, seq, 1)
+            .ok()
+            .and_then(|v| v.first().copied())
     }
 
+    /// The root of the first `size` records (read from the tiles).
     pub fn root(&self, size: u64) -> Option<Hash> {
-        self.shared
-            .state
-            .lock()
+        let have = self.size();
+        root_at(&Tiled(&self.shared.files.view(have)), size)
             .ok()
-            .and_then(|s| s.tree.root(size))
+            .flatten()
     }
 
     pub fn inclusion_proof(&self, seq: u64, size: u64) -> Option<Vec<Hash>> {
-        self.shared
-            .state
-            .lock()
+        let have = self.size();
+        inclusion_proof_of(&Tiled(&self.shared.files.view(have)), seq, size)
             .ok()
-            .and_then(|s| s.tree.inclusion_proof(seq, size))
+            .flatten()
     }
 
     pub fn consistency_proof(&self, m: u64, n: u64) -> Option<Vec<Hash>> {
-        self.shared
-            .state
-            .lock()
+        let have = self.size();
+        consistency_proof_of(&Tiled(&self.shared.files.view(have)), m, n)
             .ok()
-            .and_then(|s| s.tree.consistency_proof(m, n))
+            .flatten()
+    }
+
+    /// A C2SP tile of the durable log: hash tiles straight from the tile files, entry bundles
+    /// read from the segments. `None` if the log has no such tile (yet).
+    pub fn tile(&self, t: TileRef) -> Result<Option<Vec<u8>>, LogError> {
+        let size = self.size();
+        let level = t.level.unwrap_or(0);
+        if tiles::tile_width(size, level, t.index) < t.width {
+            return Ok(None);
+        }
+        let from = t.index * tiles::TILE_WIDTH;
+        match t.level {
+            Some(l) => {
+                let hs = self.shared.files.read(l, from, t.width).map_err(io)?;
+                Ok(Some(hs.iter().flatten().copied().collect()))
+            }
+            None => {
+                let rs = self.read(from, t.width)?;
+                tiles::encode_bundle(rs.iter().map(|r| r.as_slice()))
+                    .map(Some)
+                    .map_err(LogError::Record)
+            }
+        }
+    }
+
+    /// Records held in memory by the crossing index (bounded by `crossings::RUN_RECORDS`).
+    pub fn indexed_in_memory(&self) -> u64 {
+        self.shared.index.in_memory()
     }
 
     /// The canonical records of one crossing, in log order.
     pub fn crossing(&self, crossing: &str) -> Result<Vec<Vec<u8>>, LogError> {
-        let (locs, segs) = {
-            let st = self
-                .shared
-                .state
-                .lock()
-                .map_err(|_| LogError::Unavailable)?;
-            let seqs = st
-                .index
-                .get(&crossing_key(crossing))
-                .cloned()
-                .unwrap_or_default();
-            let locs: Vec<Loc> = seqs
-                .iter()
-                .filter_map(|s| st.locs.get(*s as usize).copied())
-                .collect();
-            (
-                locs,
-                self.shared
-                    .segments
-                    .lock()
-                    .map_err(|_| LogError::Unavailable)?
-                    .clone(),
-            )
-        };
+        let seqs = self
+            .shared
+            .index
+            .lookup(crossing_key(crossing))
+            .map_err(io)?;
+        let size = self.size();
+        let mut locs = Vec::with_capacity(seqs.len());
+        for s in seqs.into_iter().filter(|s| *s < size) {
+            locs.extend(self.shared.files.locs(s, 1).map_err(io)?);
+        }
+        let segs = self
+            .shared
+            .segments
+            .lock()
+            .map_err(|_| LogError::Unavailable)?
+            .clone();
         let needle = format!(
             "\"crossing\":{}",
             serde_json::to_string(crossing).unwrap_or_default()
@@ -556,26 +661,18 @@ impl AuditLog {
 
     /// Canonical bytes of records `[from, from + limit)` that are durable.
     pub fn read(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, LogError> {
-        let (locs, segs) = {
-            let st = self
-                .shared
-                .state
-                .lock()
-                .map_err(|_| LogError::Unavailable)?;
-            let end = st.tree.len().min(from.saturating_add(limit));
-            let locs: Vec<Loc> = if from < end {
-                st.locs[from as usize..end as usize].to_vec()
-            } else {
-                vec![]
-            };
-            let segs = self
-                .shared
-                .segments
-                .lock()
-                .map_err(|_| LogError::Unavailable)?
-                .clone();
-            (locs, segs)
-        };
+        let size = self.size();
+        let end = size.min(from.saturating_add(limit));
+        if from >= end {
+            return Ok(vec![]);
+        }
+        let locs = self.shared.files.locs(from, end - from).map_err(io)?;
+        let segs = self
+            .shared
+            .segments
+            .lock()
+            .map_err(|_| LogError::Unavailable)?
+            .clone();
         read_locs(&segs, &locs)
     }
 }
@@ -609,20 +706,21 @@ pub fn export(
     let text = crate::files::read_text_limited(&checkpoint_path(dir), checkpoint::MAX_NOTE_BYTES)
         .map_err(|e| LogError::Io(format!("no signed checkpoint to export against: {e}")))?;
     let cp = checkpoint::peek(&text).map_err(|e| LogError::Damaged(e.to_string()))?;
-    let (payloads, _, _, _) = scan(dir)?;
-    if (payloads.len() as u64) < cp.size {
-        return Err(LogError::CheckpointMismatch(format!(
-            "the checkpoint covers {} records, the log has {}",
-            cp.size,
-            payloads.len()
-        )));
-    }
-    let mut out = Vec::with_capacity(cp.size as usize);
-    for (i, p) in payloads.into_iter().take(cp.size as usize).enumerate() {
-        out.push(p);
-        if i % 100_000 == 0 {
-            progress(i as u64, cp.size);
+    let mut out = Vec::with_capacity(cp.size.min(1 << 20) as usize);
+    let (_, _, count) = scan_with(dir, |_, p| {
+        if (out.len() as u64) < cp.size {
+            if out.len() % 100_000 == 0 {
+                progress(out.len() as u64, cp.size);
+            }
+            out.push(p.to_vec());
         }
+        Ok(())
+    })?;
+    if count < cp.size {
+        return Err(LogError::CheckpointMismatch(format!(
+            "the checkpoint covers {} records, the log has {count}",
+            cp.size
+        )));
     }
     Ok((out, text))
 }
@@ -748,12 +846,14 @@ impl Writer {
                 return;
             }
         }
-        let start_seq = match self.shared.state.lock() {
-            Ok(s) => s.tree.len(),
+        let (start_seq, mut edge) = match self.shared.state.lock() {
+            Ok(s) => (s.size, s.edge.clone()),
             Err(_) => return,
         };
         let mut buf = Vec::with_capacity(batch.len() * 700);
-        let mut done: Vec<(Hash, Loc)> = Vec::with_capacity(batch.len());
+        let mut leaves: Vec<Hash> = Vec::with_capacity(batch.len());
+        let mut locs: Vec<Loc> = Vec::with_capacity(batch.len());
+        let mut upper: Vec<Stored> = Vec::new();
         let mut replies: Vec<(Reply, Result<(), LogError>)> = Vec::with_capacity(batch.len());
         let mut prev = self.last_leaf;
         let mut seq = start_seq;
@@ -765,14 +865,15 @@ impl Writer {
             match r.canonical() {
                 Ok(bytes) => {
                     let leaf = Record::leaf(&bytes);
-                    let loc = Loc {
+                    locs.push(Loc {
                         segment: self.segment,
                         offset: self.seg_len + buf.len() as u64 + FRAME_HEADER as u64,
                         len: bytes.len() as u32,
-                    };
+                    });
                     buf.extend_from_slice(&frame(&bytes));
                     keys.push(crossing_key(&r.crossing));
-                    done.push((leaf, loc));
+                    upper.extend(edge.push(leaf).into_iter().skip(1));
+                    leaves.push(leaf);
                     prev = Some(leaf);
                     seq += 1;
                     replies.push((tx, Ok(())));
@@ -780,10 +881,18 @@ impl Writer {
                 Err(e) => replies.push((tx, Err(LogError::Record(e)))),
             }
         }
-        let write = self
-            .file
-            .write_all(&buf)
-            .and_then(|_| self.file.sync_data());
+        // The derived files first (nothing readable points past the durable log: readers see
+        // the new size only after the segment is synced), then the log of record.
+        let files = &self.shared.files;
+        let derived = files
+            .store_leaves(start_seq, &leaves)
+            .and_then(|_| files.store(&upper))
+            .and_then(|_| files.store_locs(start_seq, &locs));
+        let write = derived.and_then(|_| {
+            self.file
+                .write_all(&buf)
+                .and_then(|_| self.file.sync_data())
+        });
         if let Err(e) = write {
             tracing::error!(error = %e, "audit write failed; audit log unavailable until it can be written again");
             // Cut back whatever part reached the file, so the log stays a clean prefix.
@@ -797,30 +906,26 @@ impl Writer {
         }
         self.seg_len += buf.len() as u64;
         self.last_leaf = prev;
-
-        let mut results = done.iter();
-        if let Ok(mut st) = self.shared.state.lock() {
-            for (i, (leaf, loc)) in done.iter().enumerate() {
-                let seq = st.tree.len();
-                st.tree.push(*leaf);
-                st.locs.push(*loc);
-                if let Some(k) = keys.get(i) {
-                    st.index.entry(*k).or_default().push(seq);
-                }
-            }
+        for (i, k) in keys.iter().enumerate() {
+            self.shared.index.add(*k, start_seq + i as u64);
         }
+        if let Ok(mut st) = self.shared.state.lock() {
+            st.size = start_seq + leaves.len() as u64;
+            st.edge = edge;
+        }
+        if let Err(e) = self
+            .shared
+            .index
+            .maybe_flush(start_seq + leaves.len() as u64)
+        {
+            tracing::warn!(error = %e, "could not write a crossing index run; kept in memory");
+        }
+        let mut results = leaves.iter();
         let mut next_seq = start_seq;
         for (tx, r) in replies {
             let reply = match r {
                 Ok(()) => {
-                    let (leaf, _) = results.next().copied().unwrap_or((
-                        [0; 32],
-                        Loc {
-                            segment: 0,
-                            offset: 0,
-                            len: 0,
-                        },
-                    ));
+                    let leaf = results.next().copied().unwrap_or([0; 32]);
                     let a = Appended {
                         seq: next_seq,
                         leaf,
@@ -840,8 +945,7 @@ impl Writer {
             .state
             .lock()
             .map_err(|_| LogError::Unavailable)?
-            .tree
-            .len();
+            .size;
         let path = self.shared.dir.join(segment_name(first));
         let f = self.log_io.create_segment(&path).map_err(io)?;
         let mut segs = self
@@ -890,7 +994,7 @@ impl Writer {
         let signed = self.shared.state.lock().ok().and_then(|st| {
             st.checkpoint
                 .as_ref()
-                .map(|(c, t)| (c.size == st.tree.len(), t.clone()))
+                .map(|(c, t)| (c.size == st.size, t.clone()))
         });
         let written = match signed {
             Some((true, text)) => self
@@ -911,7 +1015,7 @@ impl Writer {
 
     fn maybe_checkpoint(&mut self, force: bool) {
         let stale = match self.shared.state.lock() {
-            Ok(s) => s.checkpoint.as_ref().map(|(c, _)| c.size) != Some(s.tree.len()),
+            Ok(s) => s.checkpoint.as_ref().map(|(c, _)| c.size) != Some(s.size),
             Err(_) => false,
         };
         if stale || force {
@@ -930,17 +1034,11 @@ impl Writer {
                 .lock()
                 .map_err(|_| LogError::Unavailable)?;
             if let Some((c, text)) = &st.checkpoint {
-                if c.size == st.tree.len() {
+                if c.size == st.size {
                     return Ok(text.clone());
                 }
             }
-            let n = st.tree.len();
-            (
-                n,
-                st.tree
-                    .root(n)
-                    .unwrap_or_else(crate::audit::merkle::empty_root),
-            )
+            (st.size, st.edge.root())
         };
         let cp = Checkpoint {
             origin: self.shared.origin.clone(),
@@ -966,6 +1064,19 @@ mod tests {
 
     fn key() -> SigningKey {
         SigningKey::generate_ed25519().unwrap().0
+    }
+
+    /// Every frame's payload and location.
+    #[allow(clippy::type_complexity)]
+    fn scan(dir: &Path) -> Result<(Vec<Vec<u8>>, Vec<Loc>, (), ()), LogError> {
+        let mut payloads = Vec::new();
+        let mut locs = Vec::new();
+        scan_with(dir, |l, p| {
+            locs.push(l);
+            payloads.push(p.to_vec());
+            Ok(())
+        })?;
+        Ok((payloads, locs, (), ()))
     }
 
     fn rec(i: usize) -> Record {
@@ -1174,5 +1285,122 @@ mod tests {
         );
         // Export refuses too.
         assert!(export(d.path(), |_, _| {}).is_err());
+    }
+
+    /// The tree lives on disk as tiles and the crossing index as runs: both are rebuilt when
+    /// missing, found again on reopen, and a record edited on disk is caught although its leaf
+    /// hash would otherwise be taken from the tiles.
+    #[test]
+    fn tiles_and_index_runs_on_disk() {
+        use crate::audit::merkle::MerkleTree;
+        use crate::store::crossings::RUN_RECORDS;
+        let d = tempfile::tempdir().unwrap();
+        let (k, der) = SigningKey::generate_ed25519().unwrap();
+        let (log, _) = AuditLog::open(d.path(), "company.com", k).unwrap();
+        let n = RUN_RECORDS as usize + 700;
+        let rt = rt();
+        rt.block_on(async {
+            let mut hs = Vec::new();
+            for i in 0..n {
+                let l = log.clone();
+                hs.push(tokio::spawn(async move { l.append(rec(i)).await.unwrap() }));
+            }
+            for h in hs {
+                h.await.unwrap();
+            }
+        });
+        assert!(log.indexed_in_memory() < RUN_RECORDS);
+        let records = log.read(0, n as u64).unwrap();
+        let mut full = MerkleTree::new();
+        for r in &records {
+            full.push(Record::leaf(r));
+        }
+        let check = |log: &AuditLog| {
+            assert_eq!(log.size(), n as u64);
+            assert_eq!(log.root(n as u64), full.root(n as u64));
+            assert_eq!(log.root(1000), full.root(1000));
+            assert_eq!(
+                log.inclusion_proof(77, n as u64),
+                full.inclusion_proof(77, n as u64)
+            );
+            assert_eq!(
+                log.consistency_proof(5000, n as u64),
+                full.consistency_proof(5000, n as u64)
+            );
+            let t = log
+                .tile(TileRef {
+                    level: Some(0),
+                    index: 3,
+                    width: 256,
+                })
+                .unwrap()
+                .unwrap();
+            assert_eq!(&t[..32], &full.leaf(768).unwrap());
+            let b = log
+                .tile(TileRef {
+                    level: None,
+                    index: 0,
+                    width: 2,
+                })
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                tiles::decode_bundle(&b).unwrap(),
+                vec![&records[0][..], &records[1][..]]
+            );
+            // Past the end: no tile.
+            assert!(log
+                .tile(TileRef {
+                    level: Some(0),
+                    index: 1000,
+                    width: 256
+                })
+                .unwrap()
+                .is_none());
+            // One crossing in a run file, one in memory.
+            assert_eq!(log.crossing("c5").unwrap().len(), 1);
+            assert_eq!(log.crossing(&format!("c{}", n - 1)).unwrap().len(), 1);
+            assert!(log.crossing("none").unwrap().is_empty());
+        };
+        check(&log);
+        let cp = log.latest_checkpoint().unwrap().0;
+        assert_eq!(Some(cp.root), full.root(cp.size));
+        log.shutdown();
+        drop(log);
+        let reopen = || {
+            AuditLog::open(
+                d.path(),
+                "company.com",
+                SigningKey::from_pkcs8(&der).unwrap(),
+            )
+        };
+        let (log, _) = reopen().unwrap();
+        check(&log);
+        log.shutdown();
+        drop(log);
+        // The derived files gone: rebuilt from the segments.
+        fs::remove_dir_all(d.path().join("tiles")).unwrap();
+        fs::remove_dir_all(d.path().join("index")).unwrap();
+        let (log, _) = reopen().unwrap();
+        check(&log);
+        log.shutdown();
+        drop(log);
+        // A record edited in place (same length, checksum fixed up) is refused.
+        let (_, locs, _, _) = scan(d.path()).unwrap();
+        let l = locs[300];
+        let seg = list_segments(d.path()).unwrap()[l.segment as usize].clone();
+        let mut data = fs::read(&seg).unwrap();
+        let at = l.offset as usize;
+        let body = &mut data[at..at + l.len as usize];
+        let needle = b"\"crossing\":\"c";
+        let pos = body
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        body[pos + needle.len()] = b'x';
+        let crc = crc32fast::hash(&data[at..at + l.len as usize]);
+        data[at - 4..at].copy_from_slice(&crc.to_be_bytes());
+        fs::write(&seg, &data).unwrap();
+        assert!(reopen().is_err());
     }
 }

@@ -3,10 +3,12 @@
 //! PostgreSQL for several replicas of one domain.
 
 pub mod backend;
+pub mod crossings;
 pub mod io;
 pub mod log;
 pub mod postgres;
 pub mod sled;
+pub mod tiles;
 
 pub use backend::{
     merge_until, QueuedNotice, Revocation, RevocationCache, Revoked, StateBackend, StateError,

@@ -51,7 +51,7 @@ const INDEX_BATCH: usize = 512;
 /// dropped (the index is rebuilt from the log at the next start, from its watermark).
 const INDEX_BACKLOG: usize = 100_000;
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 /// A replica holds its name this long after its last heartbeat; a second gateway claiming the
 /// same name meanwhile is refused (two writers must never share one audit log origin).
 pub const REPLICA_LEASE_MS: i64 = 2_000;
@@ -100,6 +100,11 @@ ALTER TABLE fedgate_rotation ADD COLUMN mac bytea;
 CREATE TABLE fedgate_replicas (
     domain text NOT NULL, replica text NOT NULL, instance text NOT NULL, seen bigint NOT NULL,
     PRIMARY KEY (domain, replica));
+"#,
+    r#"
+CREATE TABLE fedgate_witness (
+    domain text NOT NULL, origin text NOT NULL, note text NOT NULL, mac bytea NOT NULL,
+    PRIMARY KEY (domain, origin));
 "#,
 ];
 
@@ -972,6 +977,77 @@ impl StateBackend for PgState {
                 }));
             }
             Ok(Some(state))
+        })
+    }
+
+    fn witnessed<'a>(
+        &'a self,
+        origin: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StateError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let row = c
+                .query_opt(
+                    "SELECT note, mac FROM fedgate_witness WHERE domain = $1 AND origin = $2",
+                    &[&self.domain, &origin],
+                )
+                .await
+                .map_err(err)?;
+            let Some(r) = row else { return Ok(None) };
+            let (note, mac): (String, Vec<u8>) = (r.get(0), r.get(1));
+            if !self.check_mac(
+                &[
+                    self.domain.as_bytes(),
+                    b"witness",
+                    origin.as_bytes(),
+                    note.as_bytes(),
+                ],
+                Some(&mac),
+            ) {
+                return Err(StateError(
+                    "the stored witness state fails its integrity check (was the database altered?)"
+                        .into(),
+                ));
+            }
+            Ok(Some(note))
+        })
+    }
+
+    fn save_witnessed<'a>(
+        &'a self,
+        origin: &'a str,
+        expected: Option<&'a str>,
+        note: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StateError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let mac = self.mac(&[
+                self.domain.as_bytes(),
+                b"witness",
+                origin.as_bytes(),
+                note.as_bytes(),
+            ]);
+            let mac = mac.as_slice();
+            let n = match expected {
+                None => {
+                    c.execute(
+                        "INSERT INTO fedgate_witness (domain, origin, note, mac) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT DO NOTHING",
+                        &[&self.domain, &origin, &note, &mac],
+                    )
+                    .await
+                }
+                Some(old) => {
+                    c.execute(
+                        "UPDATE fedgate_witness SET note = $3, mac = $4
+                         WHERE domain = $1 AND origin = $2 AND note = $5",
+                        &[&self.domain, &origin, &note, &mac, &old],
+                    )
+                    .await
+                }
+            }
+            .map_err(err)?;
+            Ok(n == 1)
         })
     }
 

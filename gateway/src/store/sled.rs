@@ -368,6 +368,44 @@ impl StateBackend for State {
         })
     }
 
+    fn witnessed<'a>(
+        &'a self,
+        origin: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StateError>> {
+        Box::pin(async move {
+            let k = format!("witness\u{0}{origin}");
+            match self.meta.get(k.as_bytes()).map_err(e)? {
+                Some(v) => String::from_utf8(v.to_vec()).map(Some).map_err(e),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn save_witnessed<'a>(
+        &'a self,
+        origin: &'a str,
+        expected: Option<&'a str>,
+        note: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StateError>> {
+        Box::pin(async move {
+            let k = format!("witness\u{0}{origin}");
+            let swapped = self
+                .meta
+                .compare_and_swap(
+                    k.as_bytes(),
+                    expected.map(|s| s.as_bytes()),
+                    Some(note.as_bytes()),
+                )
+                .map_err(e)?;
+            if swapped.is_err() {
+                return Ok(false);
+            }
+            // The witness must persist what it cosigned before it answers.
+            self.db.flush().map_err(e)?;
+            Ok(true)
+        })
+    }
+
     fn index_crossing(&self, _crossing: &str, _seq: u64) {}
 
     fn crossing_locations<'a>(

@@ -1,11 +1,13 @@
 //! Trust that changes while the gateway runs, one file per loop: loading and live reload
 //! (SIGHUP, `POST /v1/reload`, file changes; all or nothing) here, partner bundle refresh
 //! (`bundles.rs`), gateway key rotation (`rotation.rs`), and revocation with signed notices to
-//! every partner plus the replay-cache sweep (`revocation.rs`).
+//! every partner plus the replay-cache sweep (`revocation.rs`), and submitting our checkpoints
+//! to partners' witnesses (`witness.rs`).
 
 mod bundles;
 mod revocation;
 mod rotation;
+mod witness;
 
 pub use bundles::{
     apply_bundle, fetch_bundle, may_force, refresh_loop, refresh_now, request_refresh,
@@ -15,6 +17,10 @@ pub use revocation::{notice_loop, revoke, sweep_loop, NOTICE_RETRY, SWEEP_INTERV
 pub use rotation::{
     initial_signing_key, new_rotation, parse_rotation, read_rotation, rotation_path, rotation_step,
     stage_rotation, Rotation,
+};
+pub use witness::{
+    cosigned_note, cosigned_path, export_witness, witness_loop, witnessed_path,
+    WITNESS_EVERY_RECORDS, WITNESS_INTERVAL,
 };
 
 use std::path::PathBuf;
