@@ -59,6 +59,89 @@ async fn submit(f: &Federation, body: String) -> Reply {
     .unwrap()
 }
 
+/// Verifies the `cosignature/v1` line of `name` in `note` with the `openssl` command line (an
+/// Ed25519 implementation independent of ours), from the published formats only: the public key
+/// is the `x` of the `fedgate_role = "audit"` JWK in the SPIFFE bundle file, the key hash is
+/// SHA-256(name || 0x0A || 0x04 || key)[:4] (C2SP signed-note, cosignature type 0x04), and the
+/// signed message is `cosignature/v1\ntime <T>\n` followed by the checkpoint body (C2SP
+/// tlog-cosignature). Returns whether OpenSSL accepted the signature; any parse failure panics.
+fn openssl_verifies_cosignature(note: &str, name: &str, bundle: &std::path::Path) -> bool {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle).unwrap()).unwrap();
+    let jwk = doc["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["fedgate_role"] == "audit" && k["crv"] == "Ed25519")
+        .expect("an Ed25519 audit key in the bundle");
+    let key = b64url.decode(jwk["x"].as_str().unwrap()).unwrap();
+    assert_eq!(key.len(), 32);
+    let (body, sigs) = note.split_once("\n\n").expect("a signed note");
+    let body = format!("{body}\n");
+    let prefix = format!("\u{2014} {name} ");
+    let line = sigs
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .expect("the cosignature line");
+    let blob = b64.decode(line).unwrap();
+    assert_eq!(
+        blob.len(),
+        4 + 8 + 64,
+        "cosignature/v1 is keyhash, timestamp, signature"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl");
+        (out.status.success(), out.stdout)
+    };
+    let mut id = name.as_bytes().to_vec();
+    id.push(b'\n');
+    id.push(0x04);
+    id.extend_from_slice(&key);
+    std::fs::write(dir.path().join("id"), &id).unwrap();
+    let (ok, digest) = run(&["dgst", "-sha256", "-binary", "id"]);
+    assert!(ok);
+    assert_eq!(&digest[..4], &blob[..4], "key hash of {name}");
+    let time = u64::from_be_bytes(blob[4..12].try_into().unwrap());
+    std::fs::write(
+        dir.path().join("msg"),
+        format!("cosignature/v1\ntime {time}\n{body}"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("sig"), &blob[12..]).unwrap();
+    // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed 12-byte prefix, then the key.
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(&key);
+    std::fs::write(dir.path().join("pub.der"), &spki).unwrap();
+    let verify = |msg: &str| {
+        run(&[
+            "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey", "pub.der", "-rawin",
+            "-in", msg, "-sigfile", "sig",
+        ])
+        .0
+    };
+    // The check can fail: the same signature over a message with another time is refused.
+    std::fs::write(
+        dir.path().join("other"),
+        format!("cosignature/v1\ntime {}\n{body}", time + 1),
+    )
+    .unwrap();
+    assert!(
+        !verify("other"),
+        "openssl accepted a cosignature over the wrong time"
+    );
+    verify("msg")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_witness_each_other_and_refuse_forks() {
     let mut f = Federation::start().await;
@@ -99,6 +182,13 @@ async fn gateways_witness_each_other_and_refuse_forks() {
     )
     .unwrap()
     .is_some());
+
+    // The same cosignature checked from the published formats alone, with OpenSSL's Ed25519.
+    assert!(openssl_verifies_cosignature(
+        &published,
+        "vendor.example/fedgate-witness",
+        &f.co.bundles().join("vendor.example.json"),
+    ));
 
     // What the vendor's witness holds of company.com's log.
     let gw = &f.co_gw().gateway;
