@@ -83,12 +83,13 @@ def _listen(cfg: str, name: str) -> int:
 
 
 def _prepare(d: Path, upstream_port: int) -> tuple[int, int, int]:
-    """Points the domain's one [[upstreams]] at our agent and gives it a fresh data_dir: the
-    demo's own state (it revoked planning/p1 at its end, and told the partner) stays behind."""
+    """Points the domain's first [[upstreams]] (its agents'; vendor.example's MCP tool server
+    comes after it) at our agent and gives it a fresh data_dir: the demo's own state (it
+    revoked planning/p1 at its end, and told the partner) stays behind."""
     p = d / "gateway.toml"
     cfg = p.read_text()
-    cfg, n = re.subn(r'^url = "http://127\.0\.0\.1:\d+"$', f'url = "http://127.0.0.1:{upstream_port}"', cfg, flags=re.M)
-    assert n == 1, "expected exactly one [[upstreams]] url"
+    cfg, n = re.subn(r'^url = "http://127\.0\.0\.1:\d+"$', f'url = "http://127.0.0.1:{upstream_port}"', cfg, count=1, flags=re.M)
+    assert n == 1, "expected an [[upstreams]] url"
     cfg, n = re.subn(r'^data_dir = "data"$', 'data_dir = "data-sdk-e2e"', cfg, flags=re.M)
     assert n == 1
     p.write_text(cfg)

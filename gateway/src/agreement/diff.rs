@@ -320,7 +320,15 @@ pub fn diff(old: &Agreement, new: &Agreement) -> Vec<Change> {
 }
 
 fn routes(o: &mut Out, flow_at: &str, old: &[Route], new: &[Route]) {
-    let key = |r: &Route| (r.method.clone(), r.path.clone());
+    // JSON-RPC routes share a method and path and differ by scope (one per tool or method).
+    let key = |r: &Route| {
+        let by_scope = if r.protocol.is_rpc() {
+            r.scope.to_string()
+        } else {
+            String::new()
+        };
+        (r.method.clone(), r.path.clone(), by_scope)
+    };
     for r in old {
         if !new.iter().any(|n| key(n) == key(r)) {
             o.push(
@@ -342,6 +350,44 @@ fn routes(o: &mut Out, flow_at: &str, old: &[Route], new: &[Route]) {
             );
             continue;
         };
+        if p.protocol != r.protocol {
+            o.push(
+                Direction::Changed,
+                "route",
+                flow_at,
+                format!(
+                    "{name} protocol {} → {}",
+                    p.protocol.as_str(),
+                    r.protocol.as_str()
+                ),
+            );
+        }
+        if p.skills != r.skills {
+            let dir = if p.skills.is_empty() {
+                Direction::Tightened
+            } else if r.skills.is_empty() {
+                Direction::Loosened
+            } else if r.skills.iter().all(|s| p.skills.contains(s)) {
+                Direction::Tightened
+            } else if p.skills.iter().all(|s| r.skills.contains(s)) {
+                Direction::Loosened
+            } else {
+                Direction::Changed
+            };
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "any".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            o.push(
+                dir,
+                "route",
+                flow_at,
+                format!("{name} skills {} → {}", list(&p.skills), list(&r.skills)),
+            );
+        }
         if p.scope != r.scope {
             let dir = if p.scope.covers(&r.scope) {
                 // A narrower route scope: fewer tokens reach the route, and the crossing link

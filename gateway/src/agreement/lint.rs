@@ -370,11 +370,14 @@ fn flow(issues: &mut Issues, i: usize, f: &FlowDoc, tds: &[TrustDomain]) -> Opti
                 }
                 let response =
                     response_rules(issues, &format!("{rp}.response"), r.response.as_ref());
+                let protocol = route_protocol(issues, &rp, r, &s);
                 routes.push(Route {
                     method: r.method.clone(),
                     path: r.path.clone(),
                     scope: s,
                     response,
+                    protocol,
+                    skills: r.skills.clone(),
                 });
             }
             Err(e) => issues.add(format!("{rp}.scope"), e.to_string()),
@@ -389,6 +392,64 @@ fn flow(issues: &mut Issues, i: usize, f: &FlowDoc, tds: &[TrustDomain]) -> Opti
         approval_max_age: age?,
         routes,
     })
+}
+
+/// Longest A2A skill id a route may name.
+pub const MAX_SKILL_BYTES: usize = 128;
+
+/// A route's `protocol` and `skills`: an MCP route's scope is `mcp:...`, an A2A route's
+/// `a2a:...`, and only A2A routes list skills (at most [`super::MAX_RESPONSE_LIST`]).
+fn route_protocol(
+    issues: &mut Issues,
+    rp: &str,
+    r: &super::RouteDoc,
+    scope: &Scope,
+) -> crate::server::protocol::Protocol {
+    use crate::server::protocol::Protocol;
+    let protocol = match r.protocol.as_deref() {
+        None => Protocol::Http,
+        Some(s) => match Protocol::parse(s) {
+            Some(p) => p,
+            None => {
+                issues.add(
+                    format!("{rp}.protocol"),
+                    "must be \"http\", \"mcp\" or \"a2a\"",
+                );
+                Protocol::Http
+            }
+        },
+    };
+    let prefix = match protocol {
+        Protocol::Mcp => Some("mcp:"),
+        Protocol::A2a => Some("a2a:"),
+        Protocol::Http => None,
+    };
+    if let Some(pre) = prefix {
+        if !scope.as_str().starts_with(pre) {
+            issues.add(
+                format!("{rp}.scope"),
+                format!("a {} route's scope starts with {pre}", protocol.as_str()),
+            );
+        }
+    }
+    if !r.skills.is_empty() && protocol != Protocol::A2a {
+        issues.add(format!("{rp}.skills"), "only an a2a route lists skills");
+    }
+    if r.skills.len() > super::MAX_RESPONSE_LIST {
+        issues.add(
+            format!("{rp}.skills"),
+            format!("more than {} skills", super::MAX_RESPONSE_LIST),
+        );
+    }
+    for (k, s) in r.skills.iter().enumerate() {
+        if s.is_empty() || s.len() > MAX_SKILL_BYTES || s.chars().any(char::is_control) {
+            issues.add(
+                format!("{rp}.skills[{k}]"),
+                format!("a skill id is 1 to {MAX_SKILL_BYTES} bytes without control characters"),
+            );
+        }
+    }
+    protocol
 }
 
 pub(super) fn parse_and_lint(text: &str) -> Result<Agreement, Vec<LintIssue>> {

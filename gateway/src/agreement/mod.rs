@@ -108,6 +108,12 @@ pub struct Route {
     pub scope: Scope,
     /// What the sending gateway accepts back from the partner on this route.
     pub response: ResponseRules,
+    /// `http` (default), `mcp` or `a2a`. On an MCP or A2A route the scope is matched against
+    /// each JSON-RPC call's own scope (`mcp:tools/<name>`, `a2a:<method>`), so several routes
+    /// may share a method and path.
+    pub protocol: crate::server::protocol::Protocol,
+    /// A2A only: the skills a partner's AgentCard may list on this route (empty: any).
+    pub skills: Vec<String>,
 }
 
 /// Largest `max_bytes` a route may set for its responses.
@@ -432,6 +438,10 @@ struct RouteDoc {
     scope: String,
     #[serde(default)]
     response: Option<ResponseDoc>,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    skills: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

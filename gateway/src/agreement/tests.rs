@@ -827,3 +827,52 @@ fn response_rules_lint_at_their_paths() {
         assert!(has(&i, &path, needle), "{rules}: {i:?}");
     }
 }
+
+#[test]
+fn protocol_routes_lint_and_diff() {
+    let with = |route: &str| format!("{EXAMPLE}\n[[flows.routes]]\n{route}\n");
+    // Clean: an MCP route per tool sharing a path, an A2A card route with skills.
+    let ok = EXAMPLE.replace(
+        "max_scope = [\"analytics:*\", \"pii:customers:read\"]",
+        "max_scope = [\"analytics:*\", \"pii:customers:read\", \"mcp:tools/*\", \"a2a:*\"]",
+    );
+    let ok = ok.replace(
+        "[[flows]]\nfrom = \"spiffe://vendor.example",
+        "[[flows.routes]]\nmethod = \"*\"\npath = \"/mcp\"\nscope = \"mcp:tools/a\"\nprotocol = \"mcp\"\n\n[[flows.routes]]\nmethod = \"*\"\npath = \"/mcp\"\nscope = \"mcp:tools/b\"\nprotocol = \"mcp\"\n\n[[flows.routes]]\nmethod = \"GET\"\npath = \"/.well-known/agent-card.json\"\nscope = \"a2a:card\"\nprotocol = \"a2a\"\nskills = [\"analyze\"]\n\n[[flows]]\nfrom = \"spiffe://vendor.example",
+    );
+    let a = Agreement::parse(&ok).unwrap_or_else(|e| panic!("{e:?}"));
+    let r = &a.flows[0].routes;
+    assert_eq!(r[2].protocol, crate::server::protocol::Protocol::Mcp);
+    assert_eq!(r[4].skills, vec!["analyze".to_string()]);
+    assert_eq!(r[0].protocol, crate::server::protocol::Protocol::Http);
+    // Lint: an unknown protocol, a scope without its protocol's prefix, skills off A2A.
+    let i = issues(&with(
+        "method = \"POST\"\npath = \"/reports/x\"\nscope = \"analytics:report-back\"\nprotocol = \"grpc\"",
+    ));
+    assert!(has(&i, "flows[1].routes[1].protocol", "must be"), "{i:?}");
+    let i = issues(&with(
+        "method = \"POST\"\npath = \"/reports/x\"\nscope = \"analytics:report-back\"\nprotocol = \"mcp\"",
+    ));
+    assert!(has(&i, "flows[1].routes[1].scope", "mcp:"), "{i:?}");
+    let i = issues(&with(
+        "method = \"POST\"\npath = \"/reports/x\"\nscope = \"analytics:report-back\"\nskills = [\"x\"]",
+    ));
+    assert!(has(&i, "flows[1].routes[1].skills", "a2a"), "{i:?}");
+    // Diff: routes of one path told apart by scope; a narrowed skill list is a tightening.
+    let narrower = ok.replace("scope = \"mcp:tools/b\"\n", "scope = \"mcp:tools/c\"\n");
+    let b = Agreement::parse(&narrower).unwrap();
+    let d = crate::agreement::diff::diff(&a, &b);
+    let lines: Vec<String> = d.iter().map(|c| c.to_string()).collect();
+    assert!(lines.iter().any(|l| l.contains("removed")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("added")), "{lines:?}");
+    let skills = ok.replace("skills = [\"analyze\"]", "skills = []");
+    let c = Agreement::parse(&skills).unwrap();
+    let lines: Vec<String> = crate::agreement::diff::diff(&a, &c)
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("skills analyze → any")),
+        "{lines:?}"
+    );
+}

@@ -60,6 +60,10 @@ pub struct Record {
     /// base64url leaf hash of the previous record (empty for seq 0).
     pub prev: String,
     pub principal: Option<String>,
+    /// An MCP or A2A crossing: `{"name": "mcp"|"a2a", "methods": [...], "tools": [...],
+    /// "task": "<A2A task id>"}` (members only when known; sorted keys, strings only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<serde_json::Value>,
     pub reason: Option<String>,
     /// Outcome records of egress: the partner's `Fedgate-Receipt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

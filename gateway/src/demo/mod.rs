@@ -4,6 +4,7 @@
 //! story of the background article, with the attacks it warns about, each step checked.
 
 pub mod hostile;
+pub mod mcp;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,20 @@ max_scope = ["analytics:report-back"]
 method = "POST"
 path = "/reports/*"
 scope = "analytics:report-back"
+
+# company.com's planning agents may call vendor.example's MCP tool server, but only its
+# summarize tool: each JSON-RPC tools/call is matched to the route of its tool.
+[[flows]]
+from = "spiffe://company.com/agent/planning/*"
+to = "spiffe://vendor.example/agent/tools/*"
+max_scope = ["mcp:tools/*"]
+
+[[flows.routes]]
+method = "*"
+path = "/mcp"
+scope = "mcp:tools/summarize"
+protocol = "mcp"
+response = {{ stream = true }}
 "#
     )
 }
@@ -200,6 +215,8 @@ pub struct Federation {
     pub ve: Option<Running>,
     pub reports: Upstream,
     pub analytics: Upstream,
+    /// vendor.example's MCP tool server.
+    pub tools: Upstream,
 }
 
 /// Creates both domains under `root`, signs the agreement and starts both gateways.
@@ -209,6 +226,7 @@ pub async fn start(root: &Path) -> Result<Federation, String> {
     let ve_l = Listeners::loopback().map_err(|e| e.to_string())?;
     let reports = upstream("company reports").await?;
     let analytics = upstream("vendor analytics").await?;
+    let tools = mcp::tools().await?;
     let company = init_domain(
         root,
         COMPANY,
@@ -223,6 +241,15 @@ pub async fn start(root: &Path) -> Result<Federation, String> {
         &ve_l,
         ("analytics/*", analytics.addr),
     )?;
+    // The MCP tool server behind vendor.example, as an MCP upstream (server/protocol/).
+    let vcfg = vendor.dir.join("gateway.toml");
+    let mut text = std::fs::read_to_string(&vcfg).map_err(|e| e.to_string())?;
+    text.push_str(&format!(
+        "\n[[upstreams]]\ntarget = \"spiffe://{VENDOR}/agent/tools/*\"\nurl = \"http://{}\"\nprotocol = \"mcp\"\nresource = \"{}\"\n",
+        tools.addr,
+        mcp::RESOURCE
+    ));
+    std::fs::write(&vcfg, text).map_err(|e| e.to_string())?;
     // Exchange bundles (the bundle endpoints keep them fresh afterwards).
     for (from, to) in [(&company, &vendor), (&vendor, &company)] {
         std::fs::copy(
@@ -259,6 +286,7 @@ pub async fn start(root: &Path) -> Result<Federation, String> {
         ve: Some(ve),
         reports,
         analytics,
+        tools,
     })
 }
 
@@ -768,6 +796,87 @@ pub async fn run_story(fed: &mut Federation, keep: &Path, live: bool) -> Result<
         "issuer_mismatch",
         &r.outcome(),
         "bound to planning's certificate, useless to anyone else".into(),
+    );
+
+    // 8a. MCP: planning's MCP client calls vendor.example's tool server through its gateway,
+    // with no Fedgate-Scope: the gateway reads the tool name from the JSON-RPC body. The
+    // agreement routes summarize only; delete_records is refused in JSON-RPC's own shape.
+    let mcp_chain = crate::chain::issue(
+        &idp_key,
+        &idp,
+        "alice@company.com",
+        &planning,
+        &scope(&["mcp:tools/*"])?,
+        "vendor-mcp-tools",
+        now,
+        3600,
+    )
+    .map_err(|e| e.to_string())?;
+    let murl = format!("https://{}/egress/mcp", co.internal);
+    let mh = [
+        ("Delegation-Chain", mcp_chain.as_str()),
+        ("Fedgate-Target", "spiffe://vendor.example/agent/tools/t1"),
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    let tool_call = |name: &str, id: u32| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{"text":"quarterly infrastructure review"}}}}}}"#
+        )
+    };
+    let ok = call(&pcl, Method::POST, &murl, &mh, tool_call("summarize", 1)).await?;
+    let no = call(
+        &pcl,
+        Method::POST,
+        &murl,
+        &mh,
+        tool_call("delete_records", 2),
+    )
+    .await?;
+    let jv = |b: &Bytes| serde_json::from_slice::<serde_json::Value>(b).unwrap_or_default();
+    let okj = jv(&ok.body);
+    let noj = jv(&no.body);
+    let summarized = okj["result"]["content"][0]["text"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("Summary"));
+    let refused = noj["error"]["data"]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let tseen = fed.tools.seen.lock().map(|v| v.clone()).unwrap_or_default();
+    let aud = tseen
+        .last()
+        .and_then(|s| s.headers.get("authorization"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| crate::jose::parse_compact(t).ok())
+        .and_then(|c| serde_json::from_slice::<serde_json::Value>(&c.payload).ok())
+        .and_then(|c| c["aud"].as_str().map(String::from))
+        .unwrap_or_default();
+    let reached_delete = tseen
+        .iter()
+        .any(|s| String::from_utf8_lossy(&s.body).contains("delete_records"));
+    let got = format!(
+        "{}, {}",
+        if summarized && ok.status == 200 {
+            "allowed"
+        } else {
+            "failed"
+        },
+        if reached_delete {
+            "reached the server"
+        } else {
+            refused.as_str()
+        }
+    );
+    st.record(
+        "planning calls vendor.example's MCP tools",
+        "allowed, route_denied",
+        &got,
+        format!(
+            "summarize crosses, delete_records is refused: no Fedgate-Scope, the gateway maps tools/call to mcp:tools/<name>; the MCP server got a token for {aud} only, never the federation token; the refusal is a JSON-RPC error (code {})",
+            noj["error"]["code"]
+        ),
     );
 
     // 8b. A tampered answer: vendor.example's gateway replaced by a compromised stand-in that

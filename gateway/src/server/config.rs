@@ -336,6 +336,14 @@ pub struct Admin {
 pub struct Upstream {
     pub target: String,
     pub url: String,
+    /// `http` (default), `mcp` or `a2a`: what the upstream speaks, so the gateway can map its
+    /// calls to scopes and answer in its error shape (see `server/protocol/`).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// MCP only: the resource URL the MCP server identifies as (the `aud` of the token the
+    /// gateway mints for it, RFC 8707). Default: the upstream URL followed by `/mcp`.
+    #[serde(default)]
+    pub resource: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -578,6 +586,9 @@ pub struct UpstreamUrl {
     pub url: String,
     pub tls: bool,
     pub authority: String,
+    pub protocol: crate::server::protocol::Protocol,
+    /// MCP: the audience of the resource token minted for the upstream.
+    pub resource: Option<String>,
 }
 
 /// Parses an upstream URL: `http://` only to a loopback host (plain HTTP never leaves the
@@ -618,6 +629,8 @@ pub fn parse_upstream_url(url: &str) -> Result<UpstreamUrl, String> {
         url: base,
         tls,
         authority: authority.to_string(),
+        protocol: crate::server::protocol::Protocol::Http,
+        resource: None,
     })
 }
 
@@ -703,9 +716,40 @@ impl GatewayConfig {
                     ));
                 }
             }
-            let url = parse_upstream_url(&u.url)
+            let mut url = parse_upstream_url(&u.url)
                 .map_err(|e| p.push(format!("upstreams[{i}].url: {e}")))
                 .ok();
+            use crate::server::protocol::Protocol;
+            let protocol = match u.protocol.as_deref().map(Protocol::parse) {
+                None => Protocol::Http,
+                Some(Some(pr)) => pr,
+                Some(None) => {
+                    p.push(format!(
+                        "upstreams[{i}].protocol: must be \"http\", \"mcp\" or \"a2a\""
+                    ));
+                    Protocol::Http
+                }
+            };
+            if u.resource.is_some() && protocol != Protocol::Mcp {
+                p.push(format!(
+                    "upstreams[{i}].resource: only for protocol = \"mcp\""
+                ));
+            }
+            if let Some(r) = &u.resource {
+                if parse_upstream_url(r).is_err() && !r.starts_with("https://") {
+                    p.push(format!("upstreams[{i}].resource: must be an http(s) URL"));
+                }
+            }
+            if let Some(url) = url.as_mut() {
+                url.protocol = protocol;
+                if protocol == Protocol::Mcp {
+                    url.resource = Some(
+                        u.resource
+                            .clone()
+                            .unwrap_or_else(|| format!("{}/mcp", url.url)),
+                    );
+                }
+            }
             if let (Some(pat), Some(url)) = (pat, url) {
                 upstreams.push((pat, url));
             }
@@ -951,6 +995,39 @@ extra_headers = ["X-Api-Key"]
         assert!(parse_upstream_url("https://example.com").unwrap().tls);
         assert!(parse_upstream_url("ftp://x").is_err());
         assert!(parse_upstream_url("http://u@127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn upstream_protocols() {
+        use crate::server::protocol::Protocol;
+        let with = |extra: &str| {
+            sample().replace(
+                "url = \"http://127.0.0.1:7001\"\n",
+                &format!("url = \"http://127.0.0.1:7001\"\n{extra}\n"),
+            )
+        };
+        let check = |text: String| {
+            GatewayConfig::parse(&text)
+                .unwrap()
+                .validate(Path::new("/nonexistent/gateway.toml"))
+                .unwrap_err()
+                .join("\n")
+        };
+        let p = check(with("protocol = \"grpc\""));
+        assert!(p.contains("upstreams[0].protocol"), "{p}");
+        let p = check(with("resource = \"https://r.example/mcp\""));
+        assert!(
+            p.contains("upstreams[0].resource: only for protocol"),
+            "{p}"
+        );
+        let p = check(with("protocol = \"mcp\"\nresource = \"ftp://x\""));
+        assert!(p.contains("upstreams[0].resource: must be"), "{p}");
+        // Valid protocol settings raise no upstream problem (the files are missing here).
+        let p = check(with(
+            "protocol = \"mcp\"\nresource = \"https://r.example/mcp\"",
+        ));
+        assert!(!p.contains("upstreams[0]"), "{p}");
+        assert_eq!(Protocol::parse("a2a"), Some(Protocol::A2a));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Denial {
     pub describe: bool,
     /// Answer in RFC 6749 error form (token endpoint).
     pub oauth: bool,
+    /// Answer as a JSON-RPC error object with this id (an MCP or A2A call).
+    pub rpc: Option<serde_json::Value>,
 }
 
 impl Denial {
@@ -48,7 +50,16 @@ impl Denial {
             source,
             describe: false,
             oauth: false,
+            rpc: None,
         }
+    }
+
+    /// In the JSON-RPC error shape of the call with `id` (`None`: unchanged).
+    pub fn rpc(mut self, id: Option<&serde_json::Value>) -> Self {
+        if let Some(id) = id {
+            self.rpc = Some(id.clone());
+        }
+        self
     }
 
     pub fn described(mut self) -> Self {
@@ -104,7 +115,10 @@ impl IntoResponse for Denial {
         let status =
             StatusCode::from_u16(self.reason.http_status()).unwrap_or(StatusCode::FORBIDDEN);
         tracing::info!(crossing = %self.crossing, reason = %self.reason, source = ?self.source, detail = %self.message, "denied");
-        let body = if self.oauth {
+        let body = if let Some(id) = &self.rpc {
+            let detail = self.describe.then_some(self.message.as_str());
+            crate::server::protocol::rpc_denial(id, self.reason, &self.crossing, detail)
+        } else if self.oauth {
             serde_json::json!({
                 "error": Denial::oauth_error(self.reason),
                 "error_description": self.message,

@@ -456,6 +456,74 @@ fn budget(gw: &Gateway, conn: &ConnInfo) -> Option<Denial> {
     }
 }
 
+/// The protocol of a request sent without `Fedgate-Scope`: an A2A card fetch, a request
+/// with the `A2A-Version` header or an A2A method; otherwise MCP.
+fn guess_protocol(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> super::protocol::Protocol {
+    use super::protocol::{a2a, Protocol};
+    if (method == Method::GET && a2a::is_card_path(path)) || headers.contains_key("a2a-version") {
+        return Protocol::A2a;
+    }
+    let first_a2a = super::protocol::parse_rpc(body)
+        .ok()
+        .and_then(|m| m.into_iter().find_map(|x| x.method))
+        .is_some_and(|m| a2a::is_a2a_method(&m));
+    if first_a2a {
+        Protocol::A2a
+    } else {
+        Protocol::Mcp
+    }
+}
+
+/// The scope to ask for on behalf of an MCP or A2A call sent without `Fedgate-Scope`. Session
+/// plumbing asks for the MCP scopes the chain's last link claims (read here without checking
+/// signatures; `authorize` verifies the chain and that the request is within it).
+fn derive_scope(
+    call: &super::protocol::Call,
+    chain: Option<&http::HeaderValue>,
+) -> Result<String, String> {
+    let held = chain
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| {
+            let raw = c.trim();
+            let last = raw.rsplit(crate::chain::SEPARATOR).next()?;
+            let jws = crate::jose::parse_compact(last).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&jws.payload).ok()?;
+            let list: Vec<String> = v
+                .get("scope")?
+                .as_array()?
+                .iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect();
+            ScopeSet::parse_list(&list).ok()
+        })
+        .unwrap_or_default();
+    super::protocol::mcp::requested_scope(&call.needs, &held).map(|s| s.to_spaced())
+}
+
+/// The refusal of a request body that could not be read.
+fn body_refusal(gw: &Gateway, e: proxy::BodyError) -> (Reason, String) {
+    match e {
+        proxy::BodyError::Busy => (
+            Reason::RateLimited,
+            "the gateway is buffering too many request bodies; retry later".into(),
+        ),
+        proxy::BodyError::TooLarge => (
+            Reason::TooLarge,
+            format!("request body over {} bytes", gw.cfg.max_body_bytes),
+        ),
+        proxy::BodyError::Read(e) => (Reason::Malformed, e),
+        proxy::BodyError::TimedOut => (
+            Reason::Malformed,
+            "the request body did not arrive in time".into(),
+        ),
+    }
+}
+
 fn one_header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, String> {
     let mut it = h.get_all(name).iter();
     let v = it
@@ -481,13 +549,68 @@ pub async fn egress(
     if let Some(d) = budget(&gw, &conn) {
         return d.into_response();
     }
+    // `Fedgate-Scope` may be left out for MCP and A2A calls: the scope is derived from the
+    // call itself (server/protocol/). Such a request's body is read first, to classify it.
+    let scope_given = headers.contains_key("fedgate-scope");
+    let path = uri.path().strip_prefix("/egress").unwrap_or("/");
+    let path = if path.is_empty() { "/" } else { path };
+    let hinted = [
+        "mcp-protocol-version",
+        "mcp-method",
+        "mcp-session-id",
+        "a2a-version",
+    ]
+    .iter()
+    .any(|h| headers.contains_key(*h));
+    let mut pre: Option<(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>)> = None;
+    let mut call: Option<super::protocol::Call> = None;
+    let mut body = Some(body);
+    if !scope_given || hinted {
+        let read = proxy::read_body_budgeted(
+            body.take().unwrap_or_else(Body::empty),
+            gw.cfg.max_body_bytes,
+            gw.cfg.conn.body_timeout,
+            &gw.buffer_budget,
+        )
+        .await;
+        match read {
+            Ok((bytes, permit)) => {
+                let protocol = guess_protocol(&method, path, &headers, &bytes);
+                call = super::protocol::classify(protocol, method.as_str(), path, &bytes).ok();
+                pre = Some((bytes, permit));
+            }
+            Err(e) => {
+                let (reason, m) = body_refusal(&gw, e);
+                let mut rec = base_record(&gw, "outbound", &crate::crypto::random_id(), false);
+                rec.mode = Some("egress".into());
+                rec.source = conn.peer.as_ref().map(|p| p.id.to_string());
+                rec.peer = rec.source.clone();
+                return refuse(&gw, rec, reason, m).await.into_response();
+            }
+        }
+    }
+    let rpc_id = call.as_ref().and_then(|c| c.id.clone());
+    let derived = match (&call, scope_given) {
+        (Some(c), false) => derive_scope(c, headers.get("delegation-chain")),
+        _ => Err(String::new()),
+    };
     let fields = (
         one_header(&headers, "delegation-chain"),
         one_header(&headers, "fedgate-target"),
-        one_header(&headers, "fedgate-scope"),
+        if scope_given {
+            one_header(&headers, "fedgate-scope").map(str::to_string)
+        } else {
+            derived.map_err(|why| {
+                if why.is_empty() {
+                    "fedgate-scope header is required (it may be left out only for an MCP or A2A call)".to_string()
+                } else {
+                    format!("fedgate-scope header is required: {why}")
+                }
+            })
+        },
     );
     let (chain, target, scope) = match fields {
-        (Ok(c), Ok(t), Ok(s)) => (c.trim().to_string(), t.to_string(), s.to_string()),
+        (Ok(c), Ok(t), Ok(s)) => (c.trim().to_string(), t.to_string(), s),
         (c, t, s) => {
             let m = [c.err(), t.err(), s.err()]
                 .into_iter()
@@ -498,20 +621,25 @@ pub async fn egress(
             rec.mode = Some("egress".into());
             rec.source = conn.peer.as_ref().map(|p| p.id.to_string());
             rec.peer = rec.source.clone();
-            return refuse(&gw, rec, Reason::Malformed, m).await.into_response();
+            return refuse(&gw, rec, Reason::Malformed, m)
+                .await
+                .rpc(rpc_id.as_ref())
+                .into_response();
         }
     };
     let mut a = match authorize(&gw, &conn, &chain, &target, &scope, "egress", now).await {
         Ok(a) => a,
-        Err(d) => return d.into_response(),
+        Err(d) => return d.rpc(rpc_id.as_ref()).into_response(),
     };
-    let path = uri.path().strip_prefix("/egress").unwrap_or("/");
-    let path = if path.is_empty() { "/" } else { path };
+    if let Some(c) = &call {
+        a.record.protocol = Some(c.describe());
+    }
     let query = uri.query().unwrap_or("");
     if let Some(why) = super::ingress::path_problem(path) {
         let m = format!("the path is not in canonical form: {why}");
         return refuse(&gw, a.record, Reason::Malformed, m)
             .await
+            .rpc(rpc_id.as_ref())
             .into_response();
     }
     // Where it goes, and over which connection, is settled before anything is recorded as
@@ -520,6 +648,7 @@ pub async fn egress(
         let m = "agreement does not name the partner".to_string();
         return refuse(&gw, a.record, Reason::NoAgreement, m)
             .await
+            .rpc(rpc_id.as_ref())
             .into_response();
     };
     let url = format!(
@@ -533,6 +662,7 @@ pub async fn egress(
         let m = "path does not form a valid URL".to_string();
         return refuse(&gw, a.record, Reason::Malformed, m)
             .await
+            .rpc(rpc_id.as_ref())
             .into_response();
     };
     let client = match gw.partner_client(&partner.gateway_id) {
@@ -540,43 +670,33 @@ pub async fn egress(
         Err(e) => {
             return refuse(&gw, a.record, Reason::PartnerUnavailable, e)
                 .await
+                .rpc(rpc_id.as_ref())
                 .into_response()
         }
     };
     // Request bodies are read whole (to look for smuggled chains), within a time limit and a
     // budget shared by every request, so many large uploads cannot exhaust memory.
     // Permits are taken per byte as it arrives, so a bodiless request takes none.
-    let read = proxy::read_body_budgeted(
-        body,
-        gw.cfg.max_body_bytes,
-        gw.cfg.conn.body_timeout,
-        &gw.buffer_budget,
-    )
-    .await;
-    let (body, permit) = match read {
-        Ok(x) => x,
-        Err(proxy::BodyError::Busy) => {
-            let m = "the gateway is buffering too many request bodies; retry later".to_string();
-            return refuse(&gw, a.record, Reason::RateLimited, m)
-                .await
-                .into_response();
-        }
-        Err(proxy::BodyError::TooLarge) => {
-            let m = format!("request body over {} bytes", gw.cfg.max_body_bytes);
-            return refuse(&gw, a.record, Reason::TooLarge, m)
-                .await
-                .into_response();
-        }
-        Err(proxy::BodyError::Read(e)) => {
-            return refuse(&gw, a.record, Reason::Malformed, e)
-                .await
-                .into_response()
-        }
-        Err(proxy::BodyError::TimedOut) => {
-            let m = "the request body did not arrive in time".to_string();
-            return refuse(&gw, a.record, Reason::Malformed, m)
-                .await
-                .into_response();
+    let (body, permit) = match pre {
+        Some(x) => x,
+        None => {
+            let read = proxy::read_body_budgeted(
+                body.take().unwrap_or_else(Body::empty),
+                gw.cfg.max_body_bytes,
+                gw.cfg.conn.body_timeout,
+                &gw.buffer_budget,
+            )
+            .await;
+            match read {
+                Ok(x) => x,
+                Err(e) => {
+                    let (reason, m) = body_refusal(&gw, e);
+                    return refuse(&gw, a.record, reason, m)
+                        .await
+                        .rpc(rpc_id.as_ref())
+                        .into_response();
+                }
+            }
         }
     };
     // No internal credential leaves: strip them, and refuse a chain smuggled anywhere else.
@@ -593,18 +713,20 @@ pub async fn egress(
         Err(e) => {
             return refuse(&gw, a.record, Reason::Malformed, e.to_string())
                 .await
+                .rpc(rpc_id.as_ref())
                 .into_response()
         }
     };
     let (token, claims) = match mint(&gw, &mut a, None, now) {
         Ok(t) => t,
-        Err(d) => return d.described().into_response(),
+        Err(d) => return d.described().rpc(rpc_id.as_ref()).into_response(),
     };
     let decision_rec = match append(&gw, a.record.clone()).await {
         Ok(x) => x,
         Err(e) => {
             return Denial::new(Reason::AuditUnavailable, e.to_string(), &claims.jti)
                 .described()
+                .rpc(rpc_id.as_ref())
                 .into_response()
         }
     };
@@ -624,6 +746,7 @@ pub async fn egress(
             uri: partner_uri,
             method,
             body,
+            call,
             decision_seq: decision_rec.seq,
             started,
         },
@@ -645,6 +768,8 @@ struct Outbound {
     uri: Uri,
     method: Method,
     body: bytes::Bytes,
+    /// An MCP or A2A call, classified.
+    call: Option<super::protocol::Call>,
     decision_seq: u64,
     started: Clock,
 }
@@ -659,9 +784,11 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
         uri,
         method,
         body,
+        call,
         decision_seq,
         started,
     } = o;
+    let rpc_id = call.as_ref().and_then(|c| c.id.clone());
     let crossing = claims.jti.clone();
     let authorization = format!("Bearer {token}");
     if let Some(v) = proxy::header(&authorization) {
@@ -680,14 +807,38 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
         .strip_prefix("/ingress")
         .unwrap_or("/")
         .to_string();
-    let rules = a
-        .decision
-        .flow
-        .and_then(|i| a.agreement.flows.get(i))
-        .and_then(|f| f.route_for(method.as_str(), &route_path, &a.decision.granted))
-        .map(|r| r.response.clone())
-        .unwrap_or_default();
+    let flow = a.decision.flow.and_then(|i| a.agreement.flows.get(i));
+    let route = match (&call, flow) {
+        (Some(c), Some(f)) => c
+            .route(f, method.as_str(), &route_path, &a.decision.granted)
+            .ok(),
+        (None, Some(f)) => f.route_for(method.as_str(), &route_path, &a.decision.granted),
+        _ => None,
+    };
+    let mut rules = route.map(|r| r.response.clone()).unwrap_or_default();
+    use super::protocol::Protocol;
+    let protocol = call.as_ref().map(|c| c.protocol).unwrap_or_default();
+    if protocol == Protocol::Mcp {
+        // A Streamable HTTP session is named by these; the agent's MCP client needs them back.
+        for h in ["mcp-session-id", "mcp-protocol-version"] {
+            if !rules.allow_headers.iter().any(|x| x == h) {
+                rules.allow_headers.push(h.to_string());
+            }
+        }
+    }
+    let card = match (&call, route) {
+        (Some(c), Some(r)) if c.card => Some((
+            super::protocol::a2a::boundary_url(&partner.gateway_url, &route_path),
+            r.skills.clone(),
+        )),
+        (Some(c), None) if c.card => Some((
+            super::protocol::a2a::boundary_url(&partner.gateway_url, &route_path),
+            Vec::new(),
+        )),
+        _ => None,
+    };
     let mut outcome = base_record(&gw, "outbound", &crossing, true);
+    outcome.protocol = a.record.protocol.clone();
     outcome.kind = "outcome".into();
     outcome.mode = Some("egress".into());
     outcome.ref_seq = Some(decision_seq);
@@ -704,6 +855,7 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
         let _ = append(&gw, outcome).await;
         return Denial::new(Reason::UnknownDomain, "no partner bundle", &crossing)
             .described()
+            .rpc(rpc_id.as_ref())
             .into_response();
     };
     let expected = super::response::Expected {
@@ -720,6 +872,9 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
             .min(gw.cfg.max_response_bytes),
         rules,
         deadline: tokio::time::Instant::now() + gw.cfg.response_timeout,
+        rpc: rpc_id.clone(),
+        a2a: protocol == Protocol::A2a,
+        card,
     };
     let mut req = http::Request::new(Body::from(body));
     *req.method_mut() = method;
@@ -740,6 +895,7 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
                 &crossing,
             )
             .described()
+            .rpc(rpc_id.as_ref())
             .into_response();
         }
         Err(_) => {
@@ -748,6 +904,7 @@ async fn forward(gw: Arc<Gateway>, o: Outbound, headers: &mut HeaderMap) -> Resp
             let _ = append(&gw, outcome).await;
             let mut r = Denial::new(Reason::PartnerUnavailable, "partner timed out", &crossing)
                 .described()
+                .rpc(rpc_id.as_ref())
                 .into_response();
             *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
             return r;

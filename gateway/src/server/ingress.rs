@@ -28,6 +28,50 @@ async fn refuse(gw: &Gateway, rec: Record, reason: Reason, message: String) -> R
     super::deny(gw, rec, reason, message).await.into_response()
 }
 
+/// [`refuse`], in the JSON-RPC shape when the request was an MCP or A2A call.
+async fn refuse_rpc(
+    gw: &Gateway,
+    rec: Record,
+    id: Option<&serde_json::Value>,
+    reason: Reason,
+    message: String,
+) -> Response {
+    super::deny(gw, rec, reason, message)
+        .await
+        .rpc(id)
+        .into_response()
+}
+
+/// Reads an MCP or A2A request body whole (bounded by [`protocol::MAX_RPC_BODY_BYTES`] and the
+/// gateway's body limit and timeout) and classifies it.
+async fn read_and_classify(
+    gw: &Gateway,
+    protocol: super::protocol::Protocol,
+    method: &Method,
+    path: &str,
+    body: Body,
+) -> Result<(bytes::Bytes, super::protocol::Call), super::protocol::Refused> {
+    let limit = super::protocol::MAX_RPC_BODY_BYTES.min(gw.cfg.max_body_bytes);
+    let bytes = proxy::read_body_within(body, limit, gw.cfg.conn.body_timeout)
+        .await
+        .map_err(|e| match e {
+            proxy::BodyError::TooLarge => (
+                Reason::TooLarge,
+                format!("{} request body over {limit} bytes", protocol.as_str()),
+                None,
+            ),
+            proxy::BodyError::Busy => (Reason::RateLimited, "busy".into(), None),
+            proxy::BodyError::TimedOut => (
+                Reason::Malformed,
+                "the request body did not arrive in time".into(),
+                None,
+            ),
+            proxy::BodyError::Read(m) => (Reason::Malformed, m, None),
+        })?;
+    let call = super::protocol::classify(protocol, method.as_str(), path, &bytes)?;
+    Ok((bytes, call))
+}
+
 fn fill_from_token(rec: &mut Record, t: &crate::federation::FederationClaims) {
     rec.crossing = t.jti.clone();
     rec.agreement = Some(t.agr.clone());
@@ -97,14 +141,31 @@ pub async fn ingress(
     let token = match bearer(&headers) {
         Ok(Some(t)) => t,
         Ok(None) => {
-            return super::refuse_unauthenticated(
+            let mut r = super::refuse_unauthenticated(
                 &gw,
                 "federation",
                 &conn,
                 Reason::Malformed,
                 "no federation token (Authorization: Bearer)",
             )
-            .into_response()
+            .into_response();
+            // An MCP client is told where the resource's metadata is (RFC 9728 section 5.1).
+            let mcp = gw
+                .cfg
+                .upstreams
+                .iter()
+                .any(|(_, u)| u.protocol == super::protocol::Protocol::Mcp);
+            if let (true, Some(own)) = (mcp, own_url(&gw, &gw.trust.get())) {
+                let at = format!(
+                    "Bearer resource_metadata=\"{}{}\"",
+                    own.trim_end_matches('/'),
+                    super::protocol::mcp::metadata_path(uri.path())
+                );
+                if let Some(v) = proxy::header(&at) {
+                    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+                }
+            }
+            return r;
         }
         Err(m) => return refuse(&gw, rec, Reason::Malformed, m.into()).await,
     };
@@ -155,6 +216,7 @@ pub async fn ingress(
     rec.partner = Some(vt.issuer_td.to_string());
     let span = tracing::info_span!("ingress", crossing = %vt.claims.jti, task = %vt.claims.txn);
     async move {
+        let mut body_stream: Option<Body> = None;
         let c = &vt.claims;
         if !gw.state.ready() {
             let m = "the shared state store is unreachable or behind".to_string();
@@ -184,13 +246,6 @@ pub async fn ingress(
         let Some(flow) = vt.decision.flow.and_then(|i| vt.agreement.flows.get(i)) else {
             return refuse(&gw, rec, Reason::RuleDenied, "no flow".into()).await;
         };
-        let Some(route) = flow.route_for(method.as_str(), path, &vt.scope) else {
-            let m = format!(
-                "no route of flow {} allows {} {path} with [{}]",
-                flow.index, method, vt.scope
-            );
-            return refuse(&gw, rec, Reason::RouteDenied, m).await;
-        };
         let Some((_, upstream)) = gw.cfg.upstreams.iter().find(|(p, _)| p.matches(&vt.target))
         else {
             return refuse(
@@ -201,16 +256,62 @@ pub async fn ingress(
             )
             .await;
         };
+        // An MCP or A2A upstream: each JSON-RPC call is classified and needs its own scope
+        // (server/protocol/); refusals answer in JSON-RPC's shape.
+        let mut rpc = None;
+        let route = if upstream.protocol.is_rpc() {
+            let (bytes, call) =
+                match read_and_classify(&gw, upstream.protocol, &method, path, body).await {
+                    Ok(x) => x,
+                    Err((reason, m, id)) => {
+                        let d = super::deny(&gw, rec, reason, m).await;
+                        return d.rpc(id.as_ref()).into_response();
+                    }
+                };
+            rec.protocol = Some(call.describe());
+            match call.route(flow, method.as_str(), path, &vt.scope) {
+                Ok(r) => {
+                    rpc = Some((bytes, call));
+                    r
+                }
+                Err(m) => {
+                    let id = call.id.clone();
+                    let d = super::deny(&gw, rec, Reason::RouteDenied, m).await;
+                    return d.rpc(id.as_ref()).into_response();
+                }
+            }
+        } else {
+            body_stream = Some(body);
+            let Some(route) = flow.route_for(method.as_str(), path, &vt.scope) else {
+                let m = format!(
+                    "no route of flow {} allows {} {path} with [{}]",
+                    flow.index, method, vt.scope
+                );
+                return refuse(&gw, rec, Reason::RouteDenied, m).await;
+            };
+            route
+        };
+        let rpc_id = rpc.as_ref().and_then(|(_, c)| c.id.clone());
         let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
         let upstream_uri = match format!("{}{}{}", upstream.url, path, query).parse::<Uri>() {
             Ok(u) => u,
             Err(_) => {
-                return refuse(&gw, rec, Reason::RouteDenied, "bad upstream URL".into()).await
+                return refuse_rpc(
+                    &gw,
+                    rec,
+                    rpc_id.as_ref(),
+                    Reason::RouteDenied,
+                    "bad upstream URL".into(),
+                )
+                .await
             }
         };
-        let granted = vt
-            .scope
-            .intersect(&ScopeSet::from_scopes(vec![route.scope.clone()]).unwrap_or_default());
+        let granted = match &rpc {
+            Some((_, call)) => call.granted(&vt.scope, route),
+            None => vt
+                .scope
+                .intersect(&ScopeSet::from_scopes(vec![route.scope.clone()]).unwrap_or_default()),
+        };
         rec.scope_granted = granted.to_strings();
         if let Some(policy) = &trust.policy {
             let input = crossing_input(
@@ -230,11 +331,21 @@ pub async fn ingress(
             );
             match policy.deny_messages(&input) {
                 Ok(m) if m.is_empty() => {}
-                Ok(m) => return refuse(&gw, rec, Reason::PolicyDenied, m.join("; ")).await,
-                Err(e) => {
-                    return refuse(
+                Ok(m) => {
+                    return refuse_rpc(
                         &gw,
                         rec,
+                        rpc_id.as_ref(),
+                        Reason::PolicyDenied,
+                        m.join("; "),
+                    )
+                    .await
+                }
+                Err(e) => {
+                    return refuse_rpc(
+                        &gw,
+                        rec,
+                        rpc_id.as_ref(),
                         Reason::PolicyDenied,
                         format!("local policy failed: {e}"),
                     )
@@ -252,15 +363,25 @@ pub async fn ingress(
         match gw.state.replay_insert(issuer, &c.jti, keep).await {
             Ok(true) => {}
             Ok(false) => {
-                return refuse(
+                return refuse_rpc(
                     &gw,
                     rec,
+                    rpc_id.as_ref(),
                     Reason::Replayed,
                     "this token was already used".into(),
                 )
                 .await
             }
-            Err(e) => return refuse(&gw, rec, Reason::StateUnavailable, e.to_string()).await,
+            Err(e) => {
+                return refuse_rpc(
+                    &gw,
+                    rec,
+                    rpc_id.as_ref(),
+                    Reason::StateUnavailable,
+                    e.to_string(),
+                )
+                .await
+            }
         }
         let key = gw.keys.signing();
         let foreign = vt.actor.clone();
@@ -284,9 +405,10 @@ pub async fn ingress(
             Ok(l) => l,
             Err(e) => {
                 let _ = gw.state.replay_remove(issuer, &c.jti).await;
-                return refuse(
+                return refuse_rpc(
                     &gw,
                     rec,
+                    rpc_id.as_ref(),
                     Reason::RouteDenied,
                     format!("cannot mint the crossing link: {e}"),
                 )
@@ -299,6 +421,7 @@ pub async fn ingress(
             Err(e) => {
                 let _ = gw.state.replay_remove(issuer, &c.jti).await;
                 return Denial::new(Reason::AuditUnavailable, e.to_string(), &c.jti)
+                    .rpc(rpc_id.as_ref())
                     .into_response();
             }
         };
@@ -339,6 +462,7 @@ pub async fn ingress(
                     "the receipt could not be signed",
                     &rec.crossing,
                 )
+                .rpc(rpc_id.as_ref())
                 .into_response();
             }
         };
@@ -355,12 +479,56 @@ pub async fn ingress(
                 "the crossing link is not a header value",
                 &rec.crossing,
             )
+            .rpc(rpc_id.as_ref())
             .into_response();
         };
-        let mut req = http::Request::new(proxy::without_trailers(proxy::limit_body(
-            body,
-            gw.cfg.max_body_bytes,
-        )));
+        let mut out_headers = out_headers;
+        outcome.protocol = rec.protocol.clone();
+        let (req_body, card) = match rpc {
+            Some((bytes, call)) => (Body::from(bytes), call.card),
+            None => (
+                proxy::without_trailers(proxy::limit_body(
+                    body_stream.take().unwrap_or_else(Body::empty),
+                    gw.cfg.max_body_bytes,
+                )),
+                false,
+            ),
+        };
+        // An MCP server is an OAuth resource server: it gets a token minted for its resource
+        // alone (never the federation token, which was stripped with every other credential).
+        if let (super::protocol::Protocol::Mcp, Some(resource)) =
+            (upstream.protocol, upstream.resource.as_deref())
+        {
+            let claims = super::protocol::mcp::ResourceClaims {
+                iss: gw.cfg.gateway_id.to_string(),
+                sub: c.act.sub.clone(),
+                aud: resource.to_string(),
+                client_id: c.iss.clone(),
+                scope: granted.to_spaced(),
+                txn: c.txn.clone(),
+                crossing: c.jti.clone(),
+                iat: now,
+                nbf: now,
+                exp: super::protocol::mcp::resource_exp(now, exp),
+                jti: crate::crypto::random_id(),
+            };
+            let bearer = super::protocol::mcp::mint_resource_token(&key, &claims)
+                .ok()
+                .and_then(|t| proxy::header(&format!("Bearer {t}")));
+            let Some(v) = bearer else {
+                outcome.status = Some(503);
+                let _ = append(&gw, outcome).await;
+                return Denial::new(
+                    Reason::StateUnavailable,
+                    "the resource token could not be signed",
+                    &rec.crossing,
+                )
+                .rpc(rpc_id.as_ref())
+                .into_response();
+            };
+            out_headers.insert(http::header::AUTHORIZATION, v);
+        }
+        let mut req = http::Request::new(req_body);
         *req.method_mut() = method;
         *req.headers_mut() = out_headers;
         *req.uri_mut() = upstream_uri;
@@ -382,6 +550,7 @@ pub async fn ingress(
                     format!("upstream failed: {e}"),
                     &c.jti,
                 )
+                .rpc(rpc_id.as_ref())
                 .into_response();
             }
             Err(_) => {
@@ -389,14 +558,97 @@ pub async fn ingress(
                 outcome.reason = Some(Reason::PartnerUnavailable.code().into());
                 super::append_later(&gw, outcome);
                 let mut r = Denial::new(Reason::PartnerUnavailable, "upstream timed out", &c.jti)
+                    .rpc(rpc_id.as_ref())
                     .into_response();
                 *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
                 return r;
             }
         };
-        let (parts, incoming) = resp.into_parts();
+        let (mut parts, incoming) = resp.into_parts();
         outcome.status = Some(parts.status.as_u16());
-        let mut out = Response::new(proxy::limit_body(incoming, gw.cfg.max_body_bytes));
+        let a2a = upstream.protocol == super::protocol::Protocol::A2a;
+        let whole_json = a2a
+            && parts.status.is_success()
+            && (card
+                || (parts.headers.contains_key(http::header::CONTENT_LENGTH)
+                    && parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|t| t.starts_with("application/json"))));
+        let mut out = if whole_json {
+            // A2A: the card is re-signed for the boundary; a JSON answer is read whole (it has
+            // a length) so the outcome can name the task it created.
+            let limit = if card {
+                super::protocol::a2a::MAX_CARD_BYTES
+            } else {
+                gw.cfg.max_body_bytes
+            };
+            let read = proxy::read_body_within(
+                Body::new(incoming),
+                limit,
+                std::time::Duration::from_secs(gw.cfg.upstream_timeout as u64),
+            )
+            .await;
+            let bytes = match read {
+                Ok(b) => b,
+                Err(e) => {
+                    outcome.status = Some(502);
+                    outcome.reason = Some(Reason::PartnerUnavailable.code().into());
+                    super::append_later(&gw, outcome);
+                    let m = format!("the upstream's answer could not be read: {e:?}");
+                    return Denial::new(Reason::PartnerUnavailable, m, &c.jti)
+                        .rpc(rpc_id.as_ref())
+                        .into_response();
+                }
+            };
+            let json: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+            let body = if card {
+                let own = vt
+                    .agreement
+                    .domain(&gw.cfg.trust_domain)
+                    .map(|d| d.gateway_url.clone())
+                    .unwrap_or_default();
+                let url = super::protocol::a2a::boundary_url(&own, path);
+                match json.map(|j| super::protocol::a2a::sign_card(&j, &url, &key)) {
+                    Some(Ok(signed)) => bytes::Bytes::from(signed.to_string()),
+                    other => {
+                        let m = match other {
+                            Some(Err(e)) => e,
+                            _ => "the upstream's AgentCard is not JSON".into(),
+                        };
+                        outcome.status = Some(502);
+                        outcome.reason = Some(Reason::PartnerUnavailable.code().into());
+                        super::append_later(&gw, outcome);
+                        return Denial::new(Reason::PartnerUnavailable, m, &c.jti).into_response();
+                    }
+                }
+            } else {
+                if let Some(task) = json
+                    .as_ref()
+                    .and_then(super::protocol::a2a::task_in_response)
+                {
+                    let p = outcome
+                        .protocol
+                        .get_or_insert_with(|| serde_json::json!({"name": "a2a"}));
+                    p["task"] = serde_json::Value::String(task);
+                }
+                bytes
+            };
+            parts.headers.insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(body.len()),
+            );
+            if card {
+                parts.headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+            }
+            Response::new(Body::from(body))
+        } else {
+            Response::new(proxy::limit_body(incoming, gw.cfg.max_body_bytes))
+        };
         *out.status_mut() = parts.status;
         // The upstream's cookies and our own headers never leave with the answer.
         let mut h = crate::hygiene::strip_response_headers(&parts.headers);
@@ -431,6 +683,65 @@ pub async fn ingress(
     }
     .instrument(span)
     .await
+}
+
+/// This gateway's own boundary URL, as its agreements name it.
+fn own_url(gw: &Gateway, trust: &super::trust::Trust) -> Option<String> {
+    trust.agreements.iter().find_map(|a| {
+        a.domain(&gw.cfg.trust_domain)
+            .map(|d| d.gateway_url.clone())
+    })
+}
+
+/// `GET /.well-known/oauth-protected-resource/ingress/{path}`: RFC 9728 metadata of an MCP
+/// resource behind this gateway (404 when no upstream speaks MCP). The scopes are listed only
+/// to an authenticated partner gateway, from the MCP routes of the agreements with it.
+pub async fn resource_metadata(
+    State(gw): State<Arc<Gateway>>,
+    Extension(conn): Extension<ConnInfo>,
+    uri: Uri,
+) -> Response {
+    let any_mcp = gw
+        .cfg
+        .upstreams
+        .iter()
+        .any(|(_, u)| u.protocol == super::protocol::Protocol::Mcp);
+    let trust = gw.trust.get();
+    let (true, Some(own)) = (any_mcp, own_url(&gw, &trust)) else {
+        return (StatusCode::NOT_FOUND, "no MCP resource here").into_response();
+    };
+    let path = uri
+        .path()
+        .strip_prefix("/.well-known/oauth-protected-resource")
+        .unwrap_or("");
+    if path_problem(path.strip_prefix("/ingress").unwrap_or(path)).is_some() {
+        return (StatusCode::NOT_FOUND, "no such resource").into_response();
+    }
+    let mut scopes: Vec<String> = Vec::new();
+    if let Some(peer) = &conn.peer {
+        for a in trust.agreements.iter() {
+            if a.domain(&gw.cfg.trust_domain).is_none()
+                || a.domain(&peer.id.trust_domain()).is_none()
+            {
+                continue;
+            }
+            for f in &a.flows {
+                for r in &f.routes {
+                    let s = r.scope.to_string();
+                    if r.protocol == super::protocol::Protocol::Mcp && !scopes.contains(&s) {
+                        scopes.push(s);
+                    }
+                }
+            }
+        }
+    }
+    let doc =
+        super::protocol::mcp::metadata(&format!("{}{path}", own.trim_end_matches('/')), &scopes);
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        doc.to_string(),
+    )
+        .into_response()
 }
 
 /// `GET /bundle`: this domain's bundle (no client certificate needed).

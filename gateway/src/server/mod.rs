@@ -10,6 +10,7 @@ pub mod ingress;
 pub mod lifecycle;
 pub mod listener;
 pub mod proposals;
+pub mod protocol;
 pub mod proxy;
 pub mod refusals;
 pub mod response;
@@ -245,6 +246,7 @@ fn internal_router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/token", post(egress::token))
         .route("/egress", any(egress::egress))
+        .route("/egress/", any(egress::egress))
         .route("/egress/{*path}", any(egress::egress))
         .fallback(not_found)
         .with_state(gw)
@@ -254,6 +256,7 @@ fn federation_router(gw: Arc<Gateway>) -> Router {
     // Every answer on /ingress is signed for the partner (and its digest audited).
     let signed = Router::new()
         .route("/ingress", any(ingress::ingress))
+        .route("/ingress/", any(ingress::ingress))
         .route("/ingress/{*path}", any(ingress::ingress))
         .route_layer(axum::middleware::from_fn_with_state(
             gw.clone(),
@@ -262,6 +265,10 @@ fn federation_router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .merge(signed)
         .route("/bundle", get(ingress::bundle))
+        .route(
+            "/.well-known/oauth-protected-resource/ingress/{*path}",
+            get(ingress::resource_metadata),
+        )
         .route("/v1/revocations", post(ingress::revocations))
         .route("/v1/witness/add-checkpoint", post(witness::add_checkpoint))
         .route("/v1/agreements/proposals", post(proposals::fed_receive))

@@ -459,6 +459,13 @@ pub struct Expected {
     /// The route's `max_bytes`, never above the gateway's own `[limits] max_response_bytes`.
     pub max_bytes: usize,
     pub deadline: tokio::time::Instant,
+    /// The JSON-RPC id of an MCP or A2A call: refusals answer in JSON-RPC's shape.
+    pub rpc: Option<serde_json::Value>,
+    /// An A2A call: the outcome records the task id the answer names.
+    pub a2a: bool,
+    /// An A2AAgentCard fetch: the card must verify against the partner's bundle, name this URL
+    /// (the partner's boundary for the agent) and list only these skills (empty: any).
+    pub card: Option<(String, Vec<String>)>,
 }
 
 /// Why a partner's response is refused.
@@ -547,6 +554,7 @@ pub async fn deliver(
     };
     if answer
         && rules.stream
+        && e.card.is_none()
         && !bodiless
         && parts.headers.get(http::header::CONTENT_LENGTH).is_none()
     {
@@ -622,9 +630,35 @@ pub async fn deliver(
             );
         }
     }
+    if let (true, Some((url, skills))) = (answer, &e.card) {
+        if parts.status.is_success() {
+            let card: Result<serde_json::Value, _> = serde_json::from_slice(&whole.bytes);
+            let verdict = match card {
+                Ok(c) => crate::server::protocol::a2a::verify_card(&c, &e.partner, url, skills),
+                Err(x) => Err(format!("not JSON: {x}")),
+            };
+            if let Err(m) = verdict {
+                refuse!(
+                    Reason::ResponseInvalid,
+                    format!("the partner's AgentCard is refused: {m}"),
+                    Some(digest)
+                );
+            }
+        }
+    }
     let mut o = pending.take();
     o.status = Some(parts.status.as_u16());
     o.response_digest = Some(digest.clone());
+    if e.a2a && answer {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&whole.bytes) {
+            if let Some(task) = crate::server::protocol::a2a::task_in_response(&v) {
+                let p = o
+                    .protocol
+                    .get_or_insert_with(|| serde_json::json!({"name": "a2a"}));
+                p["task"] = serde_json::Value::String(task);
+            }
+        }
+    }
     finish_outcome(&gw, o, &parts.headers, &e);
     let mut headers = agent_headers(&parts.headers, &rules);
     if let Ok(v) = HeaderValue::from_str(&digest) {
@@ -728,6 +762,7 @@ fn refuse(
     super::append_later(gw, outcome);
     Denial::new(reason, message, &e.crossing)
         .described()
+        .rpc(e.rpc.as_ref())
         .into_response()
 }
 /// Keeps the partner's receipt (verified) in the outcome record and appends it.
