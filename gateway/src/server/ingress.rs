@@ -42,17 +42,21 @@ async fn refuse_rpc(
         .into_response()
 }
 
+/// A request body held in memory, with its share of the gateway's buffering budget.
+type Held = (bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
+
 /// Reads an MCP or A2A request body whole (bounded by [`protocol::MAX_RPC_BODY_BYTES`] and the
-/// gateway's body limit and timeout) and classifies it.
+/// gateway's body limit and timeout, within the buffering budget every request shares) and
+/// classifies it.
 async fn read_and_classify(
     gw: &Gateway,
     protocol: super::protocol::Protocol,
     method: &Method,
     path: &str,
     body: Body,
-) -> Result<(bytes::Bytes, super::protocol::Call), super::protocol::Refused> {
+) -> Result<(Held, super::protocol::Call), super::protocol::Refused> {
     let limit = super::protocol::MAX_RPC_BODY_BYTES.min(gw.cfg.max_body_bytes);
-    let bytes = proxy::read_body_within(body, limit, gw.cfg.conn.body_timeout)
+    let held = proxy::read_body_budgeted(body, limit, gw.cfg.conn.body_timeout, &gw.buffer_budget)
         .await
         .map_err(|e| match e {
             proxy::BodyError::TooLarge => (
@@ -68,8 +72,8 @@ async fn read_and_classify(
             ),
             proxy::BodyError::Read(m) => (Reason::Malformed, m, None),
         })?;
-    let call = super::protocol::classify(protocol, method.as_str(), path, &bytes)?;
-    Ok((bytes, call))
+    let call = super::protocol::classify(protocol, method.as_str(), path, &held.0)?;
+    Ok((held, call))
 }
 
 fn fill_from_token(rec: &mut Record, t: &crate::federation::FederationClaims) {
@@ -484,8 +488,13 @@ pub async fn ingress(
         };
         let mut out_headers = out_headers;
         outcome.protocol = rec.protocol.clone();
+        // The request body's budget share is held until the upstream has answered.
+        let mut _held_permit = None;
         let (req_body, card) = match rpc {
-            Some((bytes, call)) => (Body::from(bytes), call.card),
+            Some(((bytes, permit), call)) => {
+                _held_permit = permit;
+                (Body::from(bytes), call.card)
+            }
             None => (
                 proxy::without_trailers(proxy::limit_body(
                     body_stream.take().unwrap_or_else(Body::empty),
@@ -584,14 +593,11 @@ pub async fn ingress(
             } else {
                 gw.cfg.max_body_bytes
             };
-            let read = proxy::read_body_within(
-                Body::new(incoming),
-                limit,
-                std::time::Duration::from_secs(gw.cfg.upstream_timeout as u64),
-            )
-            .await;
+            let deadline = tokio::time::Instant::now()
+                + std::time::Duration::from_secs(gw.cfg.upstream_timeout as u64);
+            let read = proxy::read_whole(incoming, limit, deadline, &gw.buffer_budget).await;
             let bytes = match read {
-                Ok(b) => b,
+                Ok(w) => w.bytes,
                 Err(e) => {
                     outcome.status = Some(502);
                     outcome.reason = Some(Reason::PartnerUnavailable.code().into());
