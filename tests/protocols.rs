@@ -298,6 +298,28 @@ async fn mcp_tools_cross_with_a_token_for_the_resource_only() {
         }
     }
 
+    // A body another JSON decoder would read differently (case-folded twin members: Go's
+    // encoding/json takes "Name") is refused before it crosses, with or without Fedgate-Scope,
+    // and in JSON-RPC's shape.
+    let c = agent_client(&f.co, "planning/p1", &f.co);
+    let twin = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"summarize","Name":"delete_records","arguments":{}}}"#;
+    for scope in [None, Some("mcp:tools/summarize")] {
+        let mut h = vec![
+            ("delegation-chain", chain.as_str()),
+            ("fedgate-target", target),
+            ("content-type", "application/json"),
+        ];
+        if let Some(s) = scope {
+            h.push(("fedgate-scope", s));
+        }
+        let r = call(&c, Method::POST, &url, &h, twin).await.unwrap();
+        assert_eq!(r.status, 400, "{:?}", r.json());
+        if scope.is_some() {
+            assert_eq!(r.json()["jsonrpc"], "2.0", "{:?}", r.json());
+            assert_eq!(r.json()["error"]["data"]["reason"], "malformed");
+        }
+    }
+
     // Both sides audited both calls, with the tool names.
     let co = records(f.co_gw());
     let ve = records(f.ve_gw());
@@ -422,6 +444,24 @@ async fn a2a_cards_are_re_signed_and_tasks_are_audited_on_both_sides() {
     assert!(co.iter().any(|x| x.kind == "outcome"
         && x.reason.as_deref() == Some("response_invalid")
         && x.target.as_deref() == Some("spiffe://vendor.example/agent/strict/s1")));
+    // The same card fetched as plain HTTP (Fedgate-Scope given, no A2A header) is checked too:
+    // the route is an A2A route.
+    let c = agent_client(&f.co, "planning/p1", &f.co);
+    let plain = call(
+        &c,
+        Method::GET,
+        &format!("{base}.well-known/agent-card.json"),
+        &[
+            ("delegation-chain", chain.as_str()),
+            ("fedgate-target", "spiffe://vendor.example/agent/strict/s1"),
+            ("fedgate-scope", "a2a:card"),
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(plain.status, 502, "{:?}", plain.json());
+    assert_eq!(plain.reason(), "response_invalid");
 
     // message/send (v1.0 SendMessage, and v0.3 message/send) crosses; the task id is in both
     // domains' outcome records beside the task id of the chain.

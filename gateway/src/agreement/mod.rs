@@ -215,12 +215,29 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// The first route matching method and path whose scope overlaps what the token grants:
-    /// the crossing link then carries the intersection (SPEC sections 4 and 6).
+    /// The first plain-HTTP route matching method and path whose scope overlaps what the token
+    /// grants: the crossing link then carries the intersection (SPEC sections 4 and 6). MCP and
+    /// A2A routes are never matched this way: their scope names one call, and only a request
+    /// classified as that protocol's call may use them (`server/protocol/`), so an upstream
+    /// configured as plain HTTP cannot open an MCP or A2A route to any body.
     pub fn route_for(&self, method: &str, path: &str, granted: &ScopeSet) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            r.protocol == crate::server::protocol::Protocol::Http
+                && r.matches(method, path)
+                && granted.iter().any(|g| g.meet(&r.scope).is_some())
+        })
+    }
+
+    /// The protocol of the first MCP or A2A route matching method and path, if any.
+    pub fn rpc_route_protocol(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Option<crate::server::protocol::Protocol> {
         self.routes
             .iter()
-            .find(|r| r.matches(method, path) && granted.iter().any(|g| g.meet(&r.scope).is_some()))
+            .find(|r| r.protocol.is_rpc() && r.matches(method, path))
+            .map(|r| r.protocol)
     }
 }
 

@@ -845,6 +845,13 @@ fn protocol_routes_lint_and_diff() {
     assert_eq!(r[2].protocol, crate::server::protocol::Protocol::Mcp);
     assert_eq!(r[4].skills, vec!["analyze".to_string()]);
     assert_eq!(r[0].protocol, crate::server::protocol::Protocol::Http);
+    // Plain-HTTP route matching never opens an MCP or A2A route.
+    let mcp = ScopeSet::parse_list(&["mcp:tools/a"]).unwrap();
+    assert!(a.flows[0].route_for("POST", "/mcp", &mcp).is_none());
+    assert_eq!(
+        a.flows[0].rpc_route_protocol("POST", "/mcp"),
+        Some(crate::server::protocol::Protocol::Mcp)
+    );
     // Lint: an unknown protocol, a scope without its protocol's prefix, skills off A2A.
     let i = issues(&with(
         "method = \"POST\"\npath = \"/reports/x\"\nscope = \"analytics:report-back\"\nprotocol = \"grpc\"",

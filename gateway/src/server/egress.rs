@@ -589,7 +589,7 @@ pub async fn egress(
             }
         }
     }
-    let rpc_id = call.as_ref().and_then(|c| c.id.clone());
+    let mut rpc_id = call.as_ref().and_then(|c| c.id.clone());
     let derived = match (&call, scope_given) {
         (Some(c), false) => derive_scope(c, headers.get("delegation-chain")),
         _ => Err(String::new()),
@@ -699,6 +699,32 @@ pub async fn egress(
             }
         }
     };
+    // A request to an MCP or A2A route is that protocol's call, however the agent sent it
+    // (with or without Fedgate-Scope): classified here too, so its answer is checked as one
+    // (an AgentCard's signature, URL and skills) and its refusals have JSON-RPC's shape.
+    if call.is_none() {
+        let p = a
+            .decision
+            .flow
+            .and_then(|i| a.agreement.flows.get(i))
+            .and_then(|f| f.rpc_route_protocol(method.as_str(), path));
+        if let Some(p) = p {
+            match super::protocol::classify(p, method.as_str(), path, &body) {
+                Ok(c) => {
+                    rpc_id = c.id.clone();
+                    a.record.protocol = Some(c.describe());
+                    call = Some(c);
+                }
+                Err((reason, m, id, what)) => {
+                    a.record.protocol = what;
+                    return refuse(&gw, a.record, reason, m)
+                        .await
+                        .rpc(id.as_ref())
+                        .into_response();
+                }
+            }
+        }
+    }
     // No internal credential leaves: strip them, and refuse a chain smuggled anywhere else.
     let prepared = crate::hygiene::prepare_egress(&crate::hygiene::EgressRequest {
         path,

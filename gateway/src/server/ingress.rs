@@ -58,19 +58,21 @@ async fn read_and_classify(
     let limit = super::protocol::MAX_RPC_BODY_BYTES.min(gw.cfg.max_body_bytes);
     let held = proxy::read_body_budgeted(body, limit, gw.cfg.conn.body_timeout, &gw.buffer_budget)
         .await
-        .map_err(|e| match e {
-            proxy::BodyError::TooLarge => (
-                Reason::TooLarge,
-                format!("{} request body over {limit} bytes", protocol.as_str()),
-                None,
-            ),
-            proxy::BodyError::Busy => (Reason::RateLimited, "busy".into(), None),
-            proxy::BodyError::TimedOut => (
-                Reason::Malformed,
-                "the request body did not arrive in time".into(),
-                None,
-            ),
-            proxy::BodyError::Read(m) => (Reason::Malformed, m, None),
+        .map_err(|e| {
+            let (r, m) = match e {
+                proxy::BodyError::TooLarge => (
+                    Reason::TooLarge,
+                    format!("{} request body over {limit} bytes", protocol.as_str()),
+                ),
+                proxy::BodyError::Busy => (Reason::RateLimited, "busy".into()),
+                proxy::BodyError::TimedOut => (
+                    Reason::Malformed,
+                    "the request body did not arrive in time".into(),
+                ),
+                proxy::BodyError::Read(m) => (Reason::Malformed, m),
+            };
+            let what = serde_json::json!({"name": protocol.as_str()});
+            (r, m, Some(serde_json::Value::Null), Some(what))
         })?;
     let call = super::protocol::classify(protocol, method.as_str(), path, &held.0)?;
     Ok((held, call))
@@ -267,7 +269,8 @@ pub async fn ingress(
             let (bytes, call) =
                 match read_and_classify(&gw, upstream.protocol, &method, path, body).await {
                     Ok(x) => x,
-                    Err((reason, m, id)) => {
+                    Err((reason, m, id, what)) => {
+                        rec.protocol = what;
                         let d = super::deny(&gw, rec, reason, m).await;
                         return d.rpc(id.as_ref()).into_response();
                     }
@@ -596,8 +599,8 @@ pub async fn ingress(
             let deadline = tokio::time::Instant::now()
                 + std::time::Duration::from_secs(gw.cfg.upstream_timeout as u64);
             let read = proxy::read_whole(incoming, limit, deadline, &gw.buffer_budget).await;
-            let bytes = match read {
-                Ok(w) => w.bytes,
+            let (bytes, answer_permit) = match read {
+                Ok(w) => (w.bytes, w.permit),
                 Err(e) => {
                     outcome.status = Some(502);
                     outcome.reason = Some(Reason::PartnerUnavailable.code().into());
@@ -651,7 +654,8 @@ pub async fn ingress(
                     http::HeaderValue::from_static("application/json"),
                 );
             }
-            Response::new(Body::from(body))
+            // The answer stays counted in the buffering budget until it is sent.
+            Response::new(proxy::body_holding(body, answer_permit))
         } else {
             Response::new(proxy::limit_body(incoming, gw.cfg.max_body_bytes))
         };

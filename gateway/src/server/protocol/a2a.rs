@@ -72,6 +72,13 @@ pub fn need(m: &RpcMessage) -> Result<Scope, String> {
     if !is_a2a_method(method) {
         return Err(format!("{:?} is not an A2A method", short(method)));
     }
+    // The extended card is a card the gateways cannot re-sign and check in transit (it is a
+    // JSON-RPC answer, not the published card): it does not cross.
+    if normalized(method) == "agent/getAuthenticatedExtendedCard" {
+        return Err(
+            "the authenticated extended AgentCard is not served across the boundary".into(),
+        );
+    }
     Scope::parse(&format!("a2a:{}", normalized(method))).map_err(|e| e.to_string())
 }
 
@@ -339,6 +346,10 @@ mod tests {
             assert_eq!(need(&r).unwrap().as_str(), s, "{m}");
         }
         assert!(need(&msg(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#)).is_err());
+        assert!(need(&msg(
+            r#"{"jsonrpc":"2.0","id":1,"method":"GetExtendedAgentCard"}"#
+        ))
+        .is_err());
         let g = msg(r#"{"jsonrpc":"2.0","id":1,"method":"GetTask","params":{"id":"t-1"}}"#);
         assert_eq!(task_in_request(&g).as_deref(), Some("t-1"));
         let s = msg(

@@ -73,13 +73,96 @@ pub struct RpcMessage {
     pub params: Option<Value>,
 }
 
+/// JSON-RPC 2.0's message members; a message with any other member is refused.
+const MESSAGE_MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+
+/// A member name as a case-insensitive JSON decoder matches it (Go's `encoding/json` folds
+/// case, and `ſ` to `s` and the Kelvin sign to `k`): two names with one fold are refused, so
+/// the server behind the gateway cannot read another member than the one classified.
+fn fold(name: &str) -> String {
+    name.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| match c {
+            '\u{17f}' => 's',
+            '\u{212a}' => 'k',
+            c => c,
+        })
+        .collect()
+}
+
+/// A JSON document parsed strictly: no object anywhere in it has two members with the same
+/// name, or with names that fold to the same (see [`fold`]). serde_json alone keeps the last
+/// of two duplicates, while other decoders keep the first or match case-insensitively: what
+/// the gateway classified must be what the upstream reads.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        let mut folded = std::collections::HashSet::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if !folded.insert(fold(&k)) {
+                return Err(serde::de::Error::custom(format!(
+                    "member {:?} appears twice (or twice but for case)",
+                    k.chars().take(64).collect::<String>()
+                )));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// Parses a JSON-RPC 2.0 body: one message or a batch of at most [`MAX_RPC_BATCH`]. Every
-/// message must be an object with `"jsonrpc": "2.0"`; ids are strings, numbers or null.
+/// message must be an object with `"jsonrpc": "2.0"` and only JSON-RPC's members; ids are
+/// strings, numbers or null; no object has duplicate (or case-folded duplicate) members.
 pub fn parse_rpc(body: &[u8]) -> Result<Vec<RpcMessage>, String> {
     if body.len() > MAX_RPC_BODY_BYTES {
         return Err(format!("JSON-RPC body over {MAX_RPC_BODY_BYTES} bytes"));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let Strict(v) = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let items = match v {
         Value::Array(a) => {
             if a.is_empty() {
@@ -99,6 +182,12 @@ fn message(v: Value) -> Result<RpcMessage, String> {
     let Value::Object(mut m) = v else {
         return Err("a JSON-RPC message must be an object".into());
     };
+    if let Some(k) = m.keys().find(|k| !MESSAGE_MEMBERS.contains(&k.as_str())) {
+        return Err(format!(
+            "a JSON-RPC message has no member {:?}",
+            k.chars().take(64).collect::<String>()
+        ));
+    }
     if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err("not JSON-RPC 2.0 (\"jsonrpc\": \"2.0\" is missing)".into());
     }
@@ -166,8 +255,10 @@ pub struct Call {
     pub card: bool,
 }
 
-/// A refusal while classifying: reason, detail, and the JSON-RPC id to answer with.
-pub type Refused = (Reason, String, Option<Value>);
+/// A refusal while classifying: reason, detail, the JSON-RPC id to answer with (null when
+/// the body could not be read as JSON-RPC), and what was understood of the call, for the
+/// audit record.
+pub type Refused = (Reason, String, Option<Value>, Option<Value>);
 
 /// Classifies a request to an MCP or A2A upstream (`body` read whole, at most
 /// [`MAX_RPC_BODY_BYTES`]). MCP: a POST carries JSON-RPC; a GET (the server's event stream)
@@ -191,11 +282,16 @@ pub fn classify(
     let bodiless = body.iter().all(u8::is_ascii_whitespace);
     match protocol {
         Protocol::Http => {
-            return Err((Reason::Malformed, "not an MCP or A2A request".into(), None))
+            return Err((
+                Reason::Malformed,
+                "not an MCP or A2A request".into(),
+                None,
+                None,
+            ))
         }
         Protocol::A2a if method == "GET" && a2a::is_card_path(path) && bodiless => {
             let s = crate::scope::Scope::parse(a2a::CARD_SCOPE)
-                .map_err(|e| (Reason::Malformed, e.to_string(), None))?;
+                .map_err(|e| (Reason::Malformed, e.to_string(), None, None))?;
             call.card = true;
             call.needs.push(mcp::Need::Scope(s));
             return Ok(call);
@@ -211,9 +307,9 @@ pub fn classify(
             "{} calls are JSON-RPC POSTs, not {method}",
             protocol.as_str()
         );
-        return Err((Reason::RouteDenied, m, None));
+        return Err((Reason::RouteDenied, m, Some(Value::Null), None));
     }
-    let msgs = parse_rpc(body).map_err(|m| (Reason::Malformed, m, None))?;
+    let msgs = parse_rpc(body).map_err(|m| (Reason::Malformed, m, Some(Value::Null), None))?;
     call.id = Some(answer_id(&msgs));
     for m in &msgs {
         if let Some(name) = &m.method {
@@ -242,7 +338,14 @@ pub fn classify(
         };
         match need {
             Ok(n) => call.needs.push(n),
-            Err(e) => return Err((Reason::RouteDenied, e, call.id.clone())),
+            Err(e) => {
+                return Err((
+                    Reason::RouteDenied,
+                    e,
+                    call.id.clone(),
+                    Some(call.describe()),
+                ))
+            }
         }
     }
     Ok(call)
@@ -369,6 +472,28 @@ mod tests {
         );
         assert!(parse_rpc(many.as_bytes()).is_err());
         assert!(parse_rpc(&vec![b' '; MAX_RPC_BODY_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn refuses_what_another_decoder_would_read_otherwise() {
+        for bad in [
+            // A duplicate member: serde_json keeps the last, other decoders the first.
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"summarize","name":"delete_records"}}"#[..],
+            // Case-folded twins: Go's encoding/json matches either, the last one wins.
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"summarize","Name":"delete_records"}}"#,
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\",\"arguments\":{\"task\":1,\"tas\u{212a}\":2,\"\u{17f}\":3,\"s\":4}}}".as_bytes(),
+            // A member JSON-RPC does not have (a case-insensitive decoder reads it as method).
+            br#"{"jsonrpc":"2.0","id":1,"result":{},"Method":"tools/call","Params":{"name":"x"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","extra":1}"#,
+            // Deep inside too.
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"t":1,"T":2}}}"#,
+        ] {
+            assert!(parse_rpc(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(fold("\u{17f}ummarize"), "summarize");
+        // Classified refusals of unreadable bodies answer JSON-RPC's shape with a null id.
+        let e = classify(Protocol::Mcp, "POST", "/mcp", b"{").unwrap_err();
+        assert_eq!(e.2, Some(Value::Null));
     }
 
     #[test]
