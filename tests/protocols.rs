@@ -166,6 +166,22 @@ fn run_json(script: &str, args: &[String]) -> serde_json::Value {
     serde_json::from_str(out.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// The gateway's records once `ok` holds for them: outcome records are appended off the
+/// response path, so they may land a moment after the client has its answer.
+async fn records_when(
+    r: &fedgate::server::Running,
+    ok: impl Fn(&[fedgate::audit::Record]) -> bool,
+) -> Vec<fedgate::audit::Record> {
+    let t = std::time::Instant::now();
+    loop {
+        let recs = records(r);
+        if ok(&recs) || t.elapsed() > std::time::Duration::from_secs(10) {
+            return recs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn with_protocol<'a>(
     recs: &'a [fedgate::audit::Record],
     name: &str,
@@ -321,7 +337,11 @@ async fn mcp_tools_cross_with_a_token_for_the_resource_only() {
     }
 
     // Both sides audited both calls, with the tool names.
-    let co = records(f.co_gw());
+    let denied_outcome = |r: &[fedgate::audit::Record]| {
+        r.iter()
+            .any(|x| x.kind == "outcome" && x.crossing == denied_crossing && x.status == Some(403))
+    };
+    let co = records_when(f.co_gw(), denied_outcome).await;
     let ve = records(f.ve_gw());
     let co_mcp = with_protocol(&co, "mcp");
     let ve_mcp = with_protocol(&ve, "mcp");
@@ -440,10 +460,14 @@ async fn a2a_cards_are_re_signed_and_tasks_are_audited_on_both_sides() {
     strict.extend(["--base".into(), base.clone(), "--card".into()]);
     let r = run_json("a2a_client.py", &strict);
     assert_eq!(r["ok"], false, "{r}");
-    let co = records(f.co_gw());
-    assert!(co.iter().any(|x| x.kind == "outcome"
-        && x.reason.as_deref() == Some("response_invalid")
-        && x.target.as_deref() == Some("spiffe://vendor.example/agent/strict/s1")));
+    let refused = |co: &[fedgate::audit::Record]| {
+        co.iter().any(|x| {
+            x.kind == "outcome"
+                && x.reason.as_deref() == Some("response_invalid")
+                && x.target.as_deref() == Some("spiffe://vendor.example/agent/strict/s1")
+        })
+    };
+    assert!(refused(&records_when(f.co_gw(), refused).await));
     // The same card fetched as plain HTTP (Fedgate-Scope given, no A2A header) is checked too:
     // the route is an A2A route.
     let c = agent_client(&f.co, "planning/p1", &f.co);
@@ -491,8 +515,8 @@ async fn a2a_cards_are_re_signed_and_tasks_are_audited_on_both_sides() {
                     .is_some_and(|p| p["task"] == task.as_str())
         })
     };
-    let co = records(f.co_gw());
-    let ve = records(f.ve_gw());
+    let co = records_when(f.co_gw(), |r| has_task(r)).await;
+    let ve = records_when(f.ve_gw(), |r| has_task(r)).await;
     assert!(has_task(&co), "company.com's outcome names A2A task {task}");
     assert!(
         has_task(&ve),

@@ -35,10 +35,10 @@ fn rev_key(domain: &str, kind: RevocationKind, value: &str) -> Vec<u8> {
     format!("{domain}\u{0}{}\u{0}{value}", kind.as_str()).into_bytes()
 }
 
-/// sled's page cache. Its default (1 GiB) let the replay tree's churn (an insert per inbound
-/// crossing, swept after expiry) grow the vendor gateway's RSS by ~1.5 MiB a minute in the
-/// 30-minute soak; the working set here (live replay entries, revocations, a few bundles and
-/// notices) is a few MiB, and a miss only costs a read of sled's own file.
+/// sled's page cache. Its default is 1 GiB, unbounded for a gateway's purposes; the working set
+/// here (live replay entries, revocations, a few bundles and notices) is a few MiB, and a miss
+/// only costs a read of sled's own file. (Capping it did not stop the receiving gateway's RSS
+/// growth in the 30-minute soak: BENCHMARKS.md.)
 pub const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl State {
