@@ -73,12 +73,6 @@ pub async fn tools() -> Result<Upstream, String> {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let addr = l.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
+    let addr = super::serve_loopback(app).await?;
     Ok(Upstream { addr, seen })
 }

@@ -140,6 +140,12 @@ pub async fn upstream(name: &'static str) -> Result<Upstream, String> {
             )
         }
     });
+    let addr = serve_loopback(app).await?;
+    Ok(Upstream { addr, seen })
+}
+
+/// Serves `app` on a fresh loopback port for the rest of the process; returns its address.
+pub async fn serve_loopback(app: axum::Router) -> Result<SocketAddr, String> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -147,7 +153,7 @@ pub async fn upstream(name: &'static str) -> Result<Upstream, String> {
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
     });
-    Ok(Upstream { addr, seen })
+    Ok(addr)
 }
 
 /// One domain of the demo.

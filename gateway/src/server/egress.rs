@@ -505,6 +505,21 @@ fn derive_scope(
     super::protocol::mcp::requested_scope(&call.needs, &held).map(|s| s.to_spaced())
 }
 
+/// Reads an egress request body whole: within the body limit and time, and the buffering
+/// budget every request shares.
+async fn read_egress_body(
+    gw: &Gateway,
+    body: Option<Body>,
+) -> Result<(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>), proxy::BodyError> {
+    proxy::read_body_budgeted(
+        body.unwrap_or_else(Body::empty),
+        gw.cfg.max_body_bytes,
+        gw.cfg.conn.body_timeout,
+        &gw.buffer_budget,
+    )
+    .await
+}
+
 /// The refusal of a request body that could not be read.
 fn body_refusal(gw: &Gateway, e: proxy::BodyError) -> (Reason, String) {
     match e {
@@ -566,13 +581,7 @@ pub async fn egress(
     let mut call: Option<super::protocol::Call> = None;
     let mut body = Some(body);
     if !scope_given || hinted {
-        let read = proxy::read_body_budgeted(
-            body.take().unwrap_or_else(Body::empty),
-            gw.cfg.max_body_bytes,
-            gw.cfg.conn.body_timeout,
-            &gw.buffer_budget,
-        )
-        .await;
+        let read = read_egress_body(&gw, body.take()).await;
         match read {
             Ok((bytes, permit)) => {
                 let protocol = guess_protocol(&method, path, &headers, &bytes);
@@ -680,13 +689,7 @@ pub async fn egress(
     let (body, permit) = match pre {
         Some(x) => x,
         None => {
-            let read = proxy::read_body_budgeted(
-                body.take().unwrap_or_else(Body::empty),
-                gw.cfg.max_body_bytes,
-                gw.cfg.conn.body_timeout,
-                &gw.buffer_budget,
-            )
-            .await;
+            let read = read_egress_body(&gw, body.take()).await;
             match read {
                 Ok(x) => x,
                 Err(e) => {
